@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny synthetic data sets on disk, and the real data when it is there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MetaRegistrationLib.data import FOLDERS, default_data_dir
+
+
+def blob(shape_kji, centre_kji, sigma_vox) -> np.ndarray:
+    """A Gaussian blob on an array of shape (k, j, i), peak 1, centred at a voxel position (k, j, i)."""
+    grids = np.meshgrid(*(np.arange(n, dtype=float) for n in shape_kji), indexing="ij")
+    squared = sum((g - c) ** 2 for g, c in zip(grids, centre_kji))
+    return np.exp(-squared / (2 * sigma_vox**2)).astype(np.float32)
+
+
+def write_image(array: np.ndarray, path: Path, spacing=(1.5, 1.5, 1.5), origin=(0.0, 0.0, 0.0)) -> None:
+    """Write a (k, j, i) array as a 3D image, or a (C, k, j, i) array as a 4D label image."""
+    if array.ndim == 4:  # channels become the fourth axis, as in the real label files
+        image = sitk.JoinSeries([sitk.GetImageFromArray(channel) for channel in array])
+    else:
+        image = sitk.GetImageFromArray(array)
+    extra = image.GetDimension() - 3
+    image.SetSpacing(tuple(spacing) + (1.0,) * extra)
+    image.SetOrigin(tuple(origin) + (0.0,) * extra)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+
+
+def write_synthetic_case(root: Path, case_id: str, shift_mm=(3.0, -1.5, 4.5)) -> None:
+    """A tiny case whose MR is the TRUS translated by ``shift_mm``: the true phi is ``x + shift``.
+
+    Both sides hold the same arrays; only the MR grid's origin differs by the shift, so
+    every world-coordinate computation has an exact answer.
+    """
+    shape = (14, 18, 16)  # (k, j, i)
+    gland = (blob(shape, (7, 9, 8), 3.5) > 0.4).astype(np.float32)
+    labels = np.stack([gland, blob(shape, (6, 8, 7), 1.2), blob(shape, (8, 11, 9), 1.0)])
+    image = (60 + 120 * gland + 40 * labels[1]).astype(np.float32)
+    for side, origin in (("fixed", (0.0, 0.0, 0.0)), ("moving", tuple(shift_mm))):
+        write_image(image, root / f"{side}_images" / f"{case_id}.nii.gz", origin=origin)
+        write_image(labels, root / f"{side}_labels" / f"{case_id}.nii.gz", origin=origin)
+
+
+@pytest.fixture
+def synthetic_dataset(tmp_path) -> Path:
+    """A data set folder with two tiny cases, ``a`` and ``b``, and a split file."""
+    root = tmp_path / "data"
+    write_synthetic_case(root, "a")
+    write_synthetic_case(root, "b", shift_mm=(-4.5, 3.0, 0.0))
+    (root / "split.json").write_text('{"train": ["a"], "val": ["b"]}')
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """``../shared/data/mrus-prostate``; the test is skipped with the reason when it is absent."""
+    root = default_data_dir()
+    if not all((root / name).is_dir() for name in FOLDERS):
+        pytest.skip(f"real data not found at {root} (set METAREG_DATA or place ../shared beside the checkout)")
+    return root

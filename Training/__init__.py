@@ -1,0 +1,1 @@
+"""Headless training and evaluation front end (the ``metareg`` command), built on MetaRegistrationLib."""
