@@ -51,6 +51,9 @@ def _alignment_method(name: str) -> MethodFunction:
 METHODS: dict[str, MethodFunction] = {name: _alignment_method(name) for name in ALIGNMENT_METHODS}
 """Every method ``metareg evaluate`` accepts, by name."""
 
+BEST_METHOD = "centroid"
+"""The most accurate method so far on the val split (docs/RESULTS.md): the default of the demo."""
+
 
 def run_method(name: str, case: Case, frame_counts: Sequence[int] = ()) -> Iterator[MethodResult]:
     """Register ``case`` with the named method; yields its results in order."""

@@ -1,0 +1,115 @@
+"""``metareg evaluate``: output files, bad input, and agreement with an independent implementation."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MetaRegistrationLib.evaluation import CASE_COLUMNS, SUMMARY_COLUMNS
+from Training.cli import main
+
+from conftest import write_image
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_writes_tables_report_and_plots(synthetic_dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["evaluate", "--data", str(synthetic_dataset), "--split", "val", "--method", "identity",
+                 "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["cases.csv", "dsc_boxplot.png", "report.md", "summary.csv",
+                                                    "tre_boxplot.png"]
+    assert (out / "cases.csv").read_text().splitlines()[0] == ",".join(CASE_COLUMNS)
+    assert (out / "summary.csv").read_text().splitlines()[0] == ",".join(SUMMARY_COLUMNS)
+    (row,) = read_csv(out / "cases.csv")
+    assert row["case"] == "b" and row["frames"] == "" and row["updates"] == ""
+    # Case b's MR is its TRUS moved by (-4.5, 3, 0) mm, so identity is wrong by exactly that much.
+    assert float(row["tre_mm"]) == pytest.approx(np.hypot(4.5, 3.0), abs=0.01)
+    (summary,) = read_csv(out / "summary.csv")
+    assert summary["n"] == "1" and summary["method"] == "identity"
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--cases", "a,zzz"], "no complete case zzz"),
+        (["--split", "test"], "has no split 'test'"),
+    ],
+)
+def test_bad_selection_is_one_line_and_writes_nothing(synthetic_dataset, tmp_path, capsys, arguments, message):
+    out = tmp_path / "out"
+    code = main(["evaluate", "--data", str(synthetic_dataset), *arguments, "--method", "centroid", "--out", str(out)])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert message in error[-1] and "Traceback" not in "".join(error)
+    assert not out.exists()
+
+
+def test_bad_file_midway_leaves_no_partial_output_and_inputs_untouched(synthetic_dataset, tmp_path):
+    bad = synthetic_dataset / "fixed_images" / "b.nii.gz"
+    write_image(np.full((14, 18, 16), 0, np.float32), bad)
+    labels = synthetic_dataset / "fixed_labels" / "b.nii.gz"
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(labels)))
+    write_image(array[:2], labels)  # channel mismatch in the second case
+    before = {p: p.read_bytes() for p in synthetic_dataset.rglob("*") if p.is_file()}
+    out = tmp_path / "out"
+    process = subprocess.run([sys.executable, "-m", "Training.cli", "evaluate", "--data", str(synthetic_dataset),
+                              "--method", "centroid", "--out", str(out)], capture_output=True, text=True)
+    assert process.returncode == 2
+    last = process.stderr.strip().splitlines()[-1]
+    assert str(labels) in last and "label channels" in last and "Traceback" not in process.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+    assert before == {p: p.read_bytes() for p in synthetic_dataset.rglob("*") if p.is_file()}
+
+
+# --- Independent implementation of the definitions, in SimpleITK only, for the real-data check ---
+
+def _channel(path: Path, channel: int) -> sitk.Image:
+    image = sitk.ReadImage(str(path))
+    size = list(image.GetSize())
+    return sitk.Cast(sitk.Extract(image, size[:3] + [0], [0, 0, 0, channel]), sitk.sitkFloat64)
+
+
+def _centre_of_gravity(image: sitk.Image) -> np.ndarray:
+    statistics = sitk.LabelIntensityStatisticsImageFilter()
+    statistics.Execute(sitk.Cast(image > 0, sitk.sitkUInt8), image)
+    return np.array(statistics.GetCenterOfGravity(1))
+
+
+def independent_tre_and_dsc(root: Path, case_id: str, method: str) -> tuple[float, float]:
+    fixed_labels, moving_labels = root / "fixed_labels" / f"{case_id}.nii.gz", root / "moving_labels" / f"{case_id}.nii.gz"
+    channels = sitk.ReadImage(str(fixed_labels)).GetSize()[3]
+    fixed_gland, moving_gland = _channel(fixed_labels, 0), _channel(moving_labels, 0)
+    offset = np.zeros(3)
+    if method == "centroid":
+        offset = _centre_of_gravity(moving_gland) - _centre_of_gravity(fixed_gland)
+    errors = [np.linalg.norm(_centre_of_gravity(_channel(fixed_labels, k)) + offset
+                             - _centre_of_gravity(_channel(moving_labels, k))) for k in range(1, channels)]
+    warped = sitk.Resample(moving_gland, fixed_gland, sitk.TranslationTransform(3, offset.tolist()),
+                           sitk.sitkLinear, 0.0)
+    overlap = sitk.LabelOverlapMeasuresImageFilter()
+    overlap.Execute(sitk.Cast(fixed_gland > 0.5, sitk.sitkUInt8), sitk.Cast(warped > 0.5, sitk.sitkUInt8))
+    return float(np.sqrt(np.mean(np.square(errors)))), overlap.GetDiceCoefficient()
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("method", ["identity", "centroid"])
+def test_real_cases_match_independent_implementation(real_data_dir, tmp_path, method):
+    cases = ["obs000", "obs017"]
+    out = tmp_path / method
+    assert main(["evaluate", "--data", str(real_data_dir), "--cases", ",".join(cases), "--method", method,
+                 "--out", str(out)]) == 0
+    rows = {row["case"]: row for row in read_csv(out / "cases.csv")}
+    for case_id in cases:
+        tre, dsc = independent_tre_and_dsc(real_data_dir, case_id, method)
+        assert float(rows[case_id]["tre_mm"]) == pytest.approx(tre, abs=0.01)
+        assert float(rows[case_id]["dsc"]) == pytest.approx(dsc, abs=0.001)
