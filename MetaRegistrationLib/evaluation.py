@@ -11,6 +11,7 @@ import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -53,12 +54,13 @@ class SummaryRow:
 
 
 def evaluate_cases(dataset: Dataset, case_ids: Sequence[str], method: str, frame_counts: Sequence[int] = (),
+                   model_path: str | Path | None = None,
                    progress: Callable[[str], None] | None = None) -> list[CaseRow]:
     """Register and measure every case; ``progress(case_id)`` is called after each case."""
     rows = []
     for case_id in case_ids:
         case = dataset.load(case_id)
-        for result in run_method(method, case, frame_counts):
+        for result in run_method(method, case, frame_counts, model_path):
             metrics = evaluate_transform(case, result.transform)
             rows.append(CaseRow(case_id, method, result.frames, result.updates, metrics.tre_mm, metrics.dsc,
                                 metrics.fold_pct, result.seconds, metrics.hd95_mm,

@@ -7,13 +7,23 @@ frame count for a method that adapts over a sweep of frames.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from .adaptation import F_MIN, AdaptationSession
+from .checkpoint import checkpoint_files
 from .data import Case
 from .errors import InputError
 from .geometry import ALIGNMENT_METHODS, Transform, initial_alignment
+from .models import BUNDLED_MODEL, load_model
+from .sweep import extract_frame, sweep_positions
+
+SWEEP_FRAMES = 10
+"""Frames in an evaluation sweep when no frame counts are asked for (the literature's F_max)."""
 
 
 @dataclass
@@ -33,11 +43,12 @@ class MethodResult:
     updates: int | None = None
 
 
-MethodFunction = Callable[[Case, Sequence[int]], Iterator[MethodResult]]
+MethodFunction = Callable[[Case, Sequence[int], "Path | None"], Iterator[MethodResult]]
+"""``(case, frame_counts, model_path) -> results``; methods without a model ignore ``model_path``."""
 
 
 def _alignment_method(name: str) -> MethodFunction:
-    def run(case: Case, frame_counts: Sequence[int]) -> Iterator[MethodResult]:
+    def run(case: Case, frame_counts: Sequence[int], model_path: Path | None) -> Iterator[MethodResult]:
         start = time.perf_counter()
         # These baselines use the whole TRUS volume (and, for "centroid", its whole gland label).
         matrix = initial_alignment(name, case.fixed_image.grid, case.moving_image.grid,
@@ -48,15 +59,57 @@ def _alignment_method(name: str) -> MethodFunction:
     return run
 
 
-METHODS: dict[str, MethodFunction] = {name: _alignment_method(name) for name in ALIGNMENT_METHODS}
+@functools.lru_cache(maxsize=4)
+def _load_model_version(model_path: Path | None, modified_ns: int):
+    return load_model(model_path)
+
+
+def _cached_model(model_path: Path | None):
+    """The model at ``model_path``, loaded once per version of its card (sessions copy the network,
+    so one loaded model serves every case)."""
+    card = checkpoint_files(BUNDLED_MODEL if model_path is None else model_path)[1]
+    return _load_model_version(model_path, card.stat().st_mtime_ns if card.exists() else 0)
+
+
+def _sweep_method(adapt: bool) -> MethodFunction:
+    def run(case: Case, frame_counts: Sequence[int], model_path: Path | None) -> Iterator[MethodResult]:
+        counts = sorted(set(frame_counts)) or [SWEEP_FRAMES]
+        if counts[0] < F_MIN:
+            raise InputError(f"a sweep method registers from {F_MIN} frames on; frame counts {counts} start lower")
+        network, settings, _ = _cached_model(model_path)
+        if not adapt:
+            settings = dataclasses.replace(settings, updates_per_interaction=0)
+        gland = case.fixed_labels.array[0]
+        frames = [extract_frame(case.fixed_image, gland, p) for p in sweep_positions(gland, counts[-1])]
+        # Only the gland label (channel 0) of the MR is given to the session: no landmark leaks in.
+        session = AdaptationSession(network, case.moving_image, case.moving_labels, case.fixed_image.grid,
+                                    settings=settings)
+        session.add_frames(frames[: F_MIN - 1])
+        for count in range(F_MIN, counts[-1] + 1):
+            result = session.add_frames([frames[count - 1]])
+            if count in counts:
+                yield MethodResult(result.transform, result.seconds, count, result.updates)
+
+    run.__doc__ = ("The network adapted over a right-to-left sweep, one update per frame from the second frame on."
+                   if adapt else "The network without adaptation, predicting from the frames of a sweep.")
+    return run
+
+
+METHODS: dict[str, MethodFunction] = {
+    **{name: _alignment_method(name) for name in ALIGNMENT_METHODS},
+    "meta": _sweep_method(adapt=True),
+    "meta-noadapt": _sweep_method(adapt=False),
+}
 """Every method ``metareg evaluate`` accepts, by name."""
 
 BEST_METHOD = "centroid"
 """The most accurate method so far on the val split (docs/RESULTS.md): the default of the demo."""
 
 
-def run_method(name: str, case: Case, frame_counts: Sequence[int] = ()) -> Iterator[MethodResult]:
-    """Register ``case`` with the named method; yields its results in order."""
+def run_method(name: str, case: Case, frame_counts: Sequence[int] = (),
+               model_path: str | Path | None = None) -> Iterator[MethodResult]:
+    """Register ``case`` with the named method (a model-based one uses ``model_path``, the bundled model by
+    default); yields its results in order."""
     if name not in METHODS:
         raise InputError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[name](case, frame_counts)
+    return METHODS[name](case, frame_counts, None if model_path is None else Path(model_path))

@@ -56,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--split", help="a split named in the data set's split.json, e.g. val")
     which.add_argument("--cases", help="comma-separated case IDs (default: every case)")
     parser.add_argument("--method", required=True, choices=sorted(METHODS), help="registration method")
+    parser.add_argument("--model", type=Path,
+                        help="model checkpoint (.safetensors/.json pair) for model-based methods (default: bundled)")
     parser.add_argument("--frames", type=frame_counts, default=[],
                         help="frame counts to evaluate for sweep-based methods, e.g. 2-10")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
@@ -133,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix_str(case_id)
             bar.update()
 
-        rows = evaluate_cases(dataset, case_ids, args.method, args.frames, progress=advance)
+        rows = evaluate_cases(dataset, case_ids, args.method, args.frames, args.model, progress=advance)
     summary = summarise(rows)
     command = "metareg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with staged_outputs(args.out) as staging:

@@ -1,0 +1,316 @@
+"""Few-shot adaptation of the registration network during a live TRUS sweep.
+
+An :class:`AdaptationSession` starts from a (meta-learned) network and the MR
+with its gland label. Each interaction (new tracked frames, or clinician
+landmark pairs) runs a few gradient steps on what has been acquired so far and
+returns the updated registration. Meta-training (``Training.meta``) runs the
+same :func:`adaptation_step` on the same :class:`RegistrationProblem`, with full
+labels instead of the acquired frames.
+
+What a session may use at each moment: the MR and its labels, the frames acquired
+so far (image, gland label, pose) and the landmark pairs given so far. The
+initial alignment is recomputed from exactly that at every interaction
+(:func:`alignment.frames_gland_alignment`), unless the caller fixes one.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .alignment import frames_gland_alignment
+from .data import Volume
+from .errors import InputError
+from .geometry import Grid, Transform, apply_affine, initial_alignment, sample, warp
+from .losses import LossTerms, registration_loss_terms
+from .network import RegistrationNet, make_inputs
+from .sweep import Frame, rasterise_frames
+
+F_MIN = 2
+"""Frames needed before the first update (the literature's F_min)."""
+
+
+@dataclass(frozen=True)
+class AdaptationSettings:
+    """How a session adapts; stored with a model so training and use agree.
+
+    Attributes:
+        learning_rate: Adam step size of each update.
+        updates_per_interaction: gradient steps run by each ``add_frames`` / ``add_landmarks`` call.
+        bending_weight: weight of the bending energy (mm**-2) against the Dice term.
+        landmark_weight: weight of the mean squared landmark-pair distance (mm**2).
+    """
+
+    learning_rate: float = 1e-3
+    updates_per_interaction: int = 1
+    bending_weight: float = 1.0
+    landmark_weight: float = 0.01
+
+
+@dataclass
+class RegistrationProblem:
+    """What the network sees and what its loss compares, for one case on one fixed grid.
+
+    Attributes:
+        inputs: (1, 5, k, j, i) network inputs (``network.make_inputs``).
+        moving_labels: (1, C, mk, mj, mi) MR labels the loss warps.
+        target_labels: (1, C, k, j, i) TRUS labels they are compared with.
+        mask: (1, 1, k, j, i) voxels where the targets are known, or ``None`` for everywhere.
+        initial: (4, 4) initial alignment, fixed world -> moving world.
+        landmarks_moving, landmarks_fixed: (N, 3) world points of landmark pairs, or ``None``.
+    """
+
+    inputs: torch.Tensor
+    moving_labels: torch.Tensor
+    moving_grid: Grid
+    fixed_grid: Grid
+    target_labels: torch.Tensor
+    mask: torch.Tensor | None
+    initial: torch.Tensor
+    landmarks_moving: torch.Tensor | None = None
+    landmarks_fixed: torch.Tensor | None = None
+
+
+def build_problem(moving_image: torch.Tensor, moving_labels: torch.Tensor, moving_grid: Grid, fixed_grid: Grid,
+                  initial: np.ndarray, acquired_image: torch.Tensor, acquired_gland: torch.Tensor,
+                  acquired_mask: torch.Tensor, target_labels: torch.Tensor, target_mask: torch.Tensor | None,
+                  ) -> RegistrationProblem:
+    """Resample the MR through ``initial`` and assemble a :class:`RegistrationProblem`.
+
+    Args:
+        moving_image: (1, 1, mk, mj, mi); moving_labels: (1, C, mk, mj, mi), channel 0 the gland.
+        acquired_image, acquired_gland, acquired_mask: (1, 1, k, j, i) sparse TRUS input.
+        target_labels: (1, C', k, j, i) the loss's targets, matching the first C' moving channels.
+    """
+    initial_tensor = torch.as_tensor(initial, dtype=moving_image.dtype, device=moving_image.device)
+    with torch.no_grad():
+        on_fixed = warp(torch.cat([moving_image, moving_labels[:, :1]], dim=1), moving_grid, fixed_grid,
+                        initial_tensor)
+    inputs = make_inputs(acquired_image, acquired_gland, acquired_mask, on_fixed[:, :1], on_fixed[:, 1:])
+    return RegistrationProblem(inputs, moving_labels[:, : target_labels.shape[1]], moving_grid, fixed_grid,
+                               target_labels, target_mask, initial_tensor)
+
+
+def problem_loss(model: RegistrationNet, problem: RegistrationProblem, settings: AdaptationSettings
+                 ) -> tuple[torch.Tensor, LossTerms, torch.Tensor]:
+    """The adaptation objective: (total, its Dice and bending terms, the displacement)."""
+    displacement = model(problem.inputs)
+    warped = warp(problem.moving_labels, problem.moving_grid, problem.fixed_grid, problem.initial, displacement)
+    terms = registration_loss_terms(warped, problem.target_labels, displacement, problem.fixed_grid.spacing,
+                                    problem.mask, bending_weight=settings.bending_weight)
+    total = terms.total
+    if problem.landmarks_fixed is not None and settings.landmark_weight > 0:
+        # phi(p_f) = A (p_f + u(p_f)) must land on the clinician's MR point p_m.
+        at_points = sample(displacement, torch.as_tensor(problem.fixed_grid.world_to_index),
+                           problem.landmarks_fixed[None], padding_mode="border")[0].T
+        mapped = (problem.landmarks_fixed + at_points) @ problem.initial[:3, :3].T + problem.initial[:3, 3]
+        total = total + settings.landmark_weight * ((mapped - problem.landmarks_moving) ** 2).sum(-1).mean()
+    return total, terms, displacement
+
+
+def adaptation_step(model: RegistrationNet, optimizer: torch.optim.Optimizer, problem: RegistrationProblem,
+                    settings: AdaptationSettings) -> float:
+    """One gradient step on ``problem``; returns the loss before the step."""
+    total, _, _ = problem_loss(model, problem, settings)
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    return float(total.detach())
+
+
+@dataclass
+class UpdateResult:
+    """What one interaction produced.
+
+    Attributes:
+        transform: the registration after this interaction (``None`` before the first update).
+        frames: frames acquired so far; updates: gradient steps run so far in the session.
+        update_seconds: wall time of each gradient step of this interaction.
+        alignment_seconds, predict_seconds: wall time of the initial alignment and the prediction.
+        cancelled: ``True`` if :meth:`AdaptationSession.cancel` stopped the steps early.
+        status: a one-line summary for a GUI.
+    """
+
+    transform: Transform | None
+    frames: int
+    updates: int
+    update_seconds: list[float] = field(default_factory=list)
+    alignment_seconds: float = 0.0
+    predict_seconds: float = 0.0
+    cancelled: bool = False
+    status: str = ""
+
+    @property
+    def seconds(self) -> float:
+        """Total wall time of the interaction."""
+        return sum(self.update_seconds) + self.alignment_seconds + self.predict_seconds
+
+
+class AdaptationSession:
+    """Registration of one MR to a TRUS sweep as it is acquired.
+
+    Memory is bounded whatever the number of frames: acquired frames are written
+    into fixed-size accumulators on the TRUS grid, not kept.
+
+    Args:
+        model: the initial network (copied; the caller's is never changed).
+        moving_image: the MR, (1, mk, mj, mi) with its grid.
+        moving_labels: MR labels (C, mk, mj, mi); channel 0, the gland, is used.
+        fixed_grid: the TRUS grid that frames are placed in and results are defined on.
+        initial: ``"frames"`` (recompute from the acquired gland at each interaction),
+            an alignment name of :func:`geometry.initial_alignment` that needs no TRUS
+            label, or a 4x4 fixed-world -> moving-world matrix.
+        settings: adaptation settings.
+    """
+
+    def __init__(self, model: RegistrationNet, moving_image: Volume, moving_labels: Volume, fixed_grid: Grid,
+                 initial: str | np.ndarray = "frames", settings: AdaptationSettings = AdaptationSettings(),
+                 device: str | torch.device = "cpu"):
+        if not (moving_labels.array[0] > 0.5).any():
+            raise InputError(f"{moving_labels.source}: the MR gland label (channel 0) is empty")
+        self.device = torch.device(device)
+        self.settings = settings
+        self.fixed_grid = fixed_grid
+        self.moving_grid = moving_image.grid
+        self._initial_model = copy.deepcopy(model).to(self.device).train()
+        self._moving_gland = moving_labels.array[0]
+        self._moving_image = torch.as_tensor(moving_image.array[None], device=self.device)
+        self._moving_labels = torch.as_tensor(moving_labels.array[None, :1], device=self.device)
+        self._fixed_alignment = None if isinstance(initial, str) and initial == "frames" else \
+            initial_alignment(initial, fixed_grid, self.moving_grid)
+        self._cancel = threading.Event()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every interaction and return to the initial network."""
+        self.model = copy.deepcopy(self._initial_model)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.settings.learning_rate)
+        shape = self.fixed_grid.array_shape
+        self._image_sum = np.zeros(shape)
+        self._gland_sum = np.zeros(shape)
+        self._hits = np.zeros(shape)
+        self.frame_poses: list[np.ndarray] = []
+        self._landmarks_moving = np.zeros((0, 3))
+        self._landmarks_fixed = np.zeros((0, 3))
+        self.updates = 0
+        self._problem: RegistrationProblem | None = None
+
+    @property
+    def frame_count(self) -> int:
+        return len(self.frame_poses)
+
+    def cancel(self) -> None:
+        """Ask a running update (from another thread) to stop after its current gradient step."""
+        self._cancel.set()
+
+    def add_frames(self, frames: Sequence[Frame]) -> UpdateResult:
+        """Add tracked frames and, from the second frame on, adapt and predict.
+
+        Raises:
+            InputError: for a frame outside the TRUS grid, with an empty gland
+                label, or on a plane already acquired; the session is then unchanged.
+        """
+        rasterised = []
+        covered_so_far = self._hits > 0
+        for number, frame in enumerate(frames, start=self.frame_count + 1):
+            image, gland, mask = rasterise_frames([frame], self.fixed_grid)
+            covered = mask > 0
+            if not covered.any():
+                raise InputError(f"frame {number} lies outside the TRUS grid ({self.fixed_grid.describe()})")
+            if not (frame.gland > 0.5).any():
+                raise InputError(f"frame {number} has an empty gland label")
+            if (covered_so_far[covered]).mean() > 0.5:
+                raise InputError(f"frame {number} lies on a plane already acquired")
+            covered_so_far = covered_so_far | covered
+            rasterised.append((image, gland, mask, frame.pose))
+        for image, gland, mask, pose in rasterised:
+            self._image_sum += image * mask
+            self._gland_sum += gland * mask
+            self._hits += mask
+            self.frame_poses.append(pose)
+        return self._interact()
+
+    def add_landmarks(self, moving_points: np.ndarray, fixed_points: np.ndarray) -> UpdateResult:
+        """Add clinician landmark pairs (MR world point, TRUS world point), LPS mm, shape (N, 3) each.
+
+        Raises:
+            InputError: for mismatched shapes or a point outside its image; the session is then unchanged.
+        """
+        moving_points = np.asarray(moving_points, dtype=float).reshape(-1, 3)
+        fixed_points = np.asarray(fixed_points, dtype=float).reshape(-1, 3)
+        if moving_points.shape != fixed_points.shape:
+            raise InputError(f"landmark pairs need as many MR points as TRUS points, got {len(moving_points)} "
+                             f"and {len(fixed_points)}")
+        for name, points, grid in (("MR", moving_points, self.moving_grid), ("TRUS", fixed_points, self.fixed_grid)):
+            index = apply_affine(grid.world_to_index, points)
+            outside = np.flatnonzero(((index < -0.5) | (index > np.asarray(grid.size) - 0.5)).any(axis=1))
+            if outside.size:
+                raise InputError(f"{name} landmark {outside[0] + 1} at {np.round(points[outside[0]], 1).tolist()} mm "
+                                 f"lies outside the {name} image")
+        self._landmarks_moving = np.vstack([self._landmarks_moving, moving_points])
+        self._landmarks_fixed = np.vstack([self._landmarks_fixed, fixed_points])
+        return self._interact()
+
+    def _acquired(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        covered = self._hits > 0
+        divisor = np.maximum(self._hits, 1)
+        return ((self._image_sum / divisor).astype(np.float32), (self._gland_sum / divisor).astype(np.float32),
+                covered.astype(np.float32))
+
+    def _build(self) -> tuple[RegistrationProblem, float]:
+        image, gland, mask = self._acquired()
+        start = time.perf_counter()
+        initial = self._fixed_alignment if self._fixed_alignment is not None else \
+            frames_gland_alignment(self._moving_gland, self.moving_grid, gland, mask, self.fixed_grid)
+        alignment_seconds = time.perf_counter() - start
+        as_tensor = lambda a: torch.as_tensor(a[None, None], device=self.device)  # noqa: E731
+        problem = build_problem(self._moving_image, self._moving_labels, self.moving_grid, self.fixed_grid, initial,
+                                as_tensor(image), as_tensor(gland), as_tensor(mask), as_tensor(gland),
+                                as_tensor(mask))
+        if len(self._landmarks_fixed):
+            problem.landmarks_moving = torch.as_tensor(self._landmarks_moving, dtype=torch.float32, device=self.device)
+            problem.landmarks_fixed = torch.as_tensor(self._landmarks_fixed, dtype=torch.float32, device=self.device)
+        return problem, alignment_seconds
+
+    def _interact(self) -> UpdateResult:
+        if self.frame_count < F_MIN:
+            return UpdateResult(None, self.frame_count, self.updates,
+                                status=f"{self.frame_count} frame acquired; the first update needs {F_MIN}")
+        self._cancel.clear()
+        self._problem, alignment_seconds = self._build()
+        step_seconds, cancelled = [], False
+        for _ in range(self.settings.updates_per_interaction):
+            if self._cancel.is_set():
+                cancelled = True
+                break
+            start = time.perf_counter()
+            adaptation_step(self.model, self.optimizer, self._problem, self.settings)
+            step_seconds.append(time.perf_counter() - start)
+            self.updates += 1
+        start = time.perf_counter()
+        transform = self.predict()
+        predict_seconds = time.perf_counter() - start
+        status = (f"{self.frame_count} frames, {len(self._landmarks_fixed)} landmark pairs, {self.updates} updates"
+                  + (" (cancelled)" if cancelled else ""))
+        return UpdateResult(transform, self.frame_count, self.updates, step_seconds, alignment_seconds,
+                            predict_seconds, cancelled, status)
+
+    def predict(self) -> Transform:
+        """The registration from the current network and everything acquired so far.
+
+        Raises:
+            InputError: before the second frame has been acquired.
+        """
+        if self._problem is None:
+            if self.frame_count < F_MIN:
+                raise InputError(f"no registration yet: {self.frame_count} frame(s) acquired, {F_MIN} needed")
+            self._problem, _ = self._build()
+        with torch.inference_mode():
+            displacement = self.model(self._problem.inputs)[0].double().cpu().numpy()
+        return Transform(self._problem.initial.double().cpu().numpy(), displacement, self.fixed_grid)
