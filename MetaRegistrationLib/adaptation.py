@@ -35,6 +35,9 @@ from .sweep import Frame, rasterise_frames
 F_MIN = 2
 """Frames needed before the first update (the literature's F_min)."""
 
+SAME_POSE_TOLERANCE = 1e-3
+"""Two frames whose pose matrices agree to this (mm, and unitless in the rotation) are the same plane."""
+
 
 @dataclass(frozen=True)
 class AdaptationSettings:
@@ -132,7 +135,8 @@ class UpdateResult:
         transform: the registration after this interaction (``None`` before the first update).
         frames: frames acquired so far; updates: gradient steps run so far in the session.
         update_seconds: wall time of each gradient step of this interaction.
-        alignment_seconds, predict_seconds: wall time of the initial alignment and the prediction.
+        preparation_seconds: wall time of the initial alignment and the network inputs.
+        predict_seconds: wall time of the prediction.
         cancelled: ``True`` if :meth:`AdaptationSession.cancel` stopped the steps early.
         status: a one-line summary for a GUI.
     """
@@ -141,7 +145,7 @@ class UpdateResult:
     frames: int
     updates: int
     update_seconds: list[float] = field(default_factory=list)
-    alignment_seconds: float = 0.0
+    preparation_seconds: float = 0.0
     predict_seconds: float = 0.0
     cancelled: bool = False
     status: str = ""
@@ -149,7 +153,7 @@ class UpdateResult:
     @property
     def seconds(self) -> float:
         """Total wall time of the interaction."""
-        return sum(self.update_seconds) + self.alignment_seconds + self.predict_seconds
+        return sum(self.update_seconds) + self.preparation_seconds + self.predict_seconds
 
 
 class AdaptationSession:
@@ -216,18 +220,18 @@ class AdaptationSession:
             InputError: for a frame outside the TRUS grid, with an empty gland
                 label, or on a plane already acquired; the session is then unchanged.
         """
+        self._cancel.clear()  # a cancel() from now on, even while frames are checked, stops this interaction
         rasterised = []
-        covered_so_far = self._hits > 0
+        poses = list(self.frame_poses)
         for number, frame in enumerate(frames, start=self.frame_count + 1):
-            image, gland, mask = rasterise_frames([frame], self.fixed_grid)
-            covered = mask > 0
-            if not covered.any():
-                raise InputError(f"frame {number} lies outside the TRUS grid ({self.fixed_grid.describe()})")
+            if any(np.allclose(frame.pose, pose, atol=SAME_POSE_TOLERANCE) for pose in poses):
+                raise InputError(f"frame {number} lies on a plane already acquired")
             if not (frame.gland > 0.5).any():
                 raise InputError(f"frame {number} has an empty gland label")
-            if (covered_so_far[covered]).mean() > 0.5:
-                raise InputError(f"frame {number} lies on a plane already acquired")
-            covered_so_far = covered_so_far | covered
+            image, gland, mask = rasterise_frames([frame], self.fixed_grid)
+            if not mask.any():
+                raise InputError(f"frame {number} lies outside the TRUS grid ({self.fixed_grid.describe()})")
+            poses.append(frame.pose)
             rasterised.append((image, gland, mask, frame.pose))
         for image, gland, mask, pose in rasterised:
             self._image_sum += image * mask
@@ -242,6 +246,7 @@ class AdaptationSession:
         Raises:
             InputError: for mismatched shapes or a point outside its image; the session is then unchanged.
         """
+        self._cancel.clear()
         moving_points = np.asarray(moving_points, dtype=float).reshape(-1, 3)
         fixed_points = np.asarray(fixed_points, dtype=float).reshape(-1, 3)
         if moving_points.shape != fixed_points.shape:
@@ -264,11 +269,11 @@ class AdaptationSession:
                 covered.astype(np.float32))
 
     def _build(self) -> tuple[RegistrationProblem, float]:
-        image, gland, mask = self._acquired()
+        """The problem of everything acquired so far, and the seconds it took (alignment included)."""
         start = time.perf_counter()
+        image, gland, mask = self._acquired()
         initial = self._fixed_alignment if self._fixed_alignment is not None else \
             frames_gland_alignment(self._moving_gland, self.moving_grid, gland, mask, self.fixed_grid)
-        alignment_seconds = time.perf_counter() - start
         as_tensor = lambda a: torch.as_tensor(a[None, None], device=self.device)  # noqa: E731
         problem = build_problem(self._moving_image, self._moving_labels, self.moving_grid, self.fixed_grid, initial,
                                 as_tensor(image), as_tensor(gland), as_tensor(mask), as_tensor(gland),
@@ -276,14 +281,13 @@ class AdaptationSession:
         if len(self._landmarks_fixed):
             problem.landmarks_moving = torch.as_tensor(self._landmarks_moving, dtype=torch.float32, device=self.device)
             problem.landmarks_fixed = torch.as_tensor(self._landmarks_fixed, dtype=torch.float32, device=self.device)
-        return problem, alignment_seconds
+        return problem, time.perf_counter() - start
 
     def _interact(self) -> UpdateResult:
         if self.frame_count < F_MIN:
             return UpdateResult(None, self.frame_count, self.updates,
                                 status=f"{self.frame_count} frame acquired; the first update needs {F_MIN}")
-        self._cancel.clear()
-        self._problem, alignment_seconds = self._build()
+        self._problem, preparation_seconds = self._build()
         step_seconds, cancelled = [], False
         for _ in range(self.settings.updates_per_interaction):
             if self._cancel.is_set():
@@ -298,7 +302,7 @@ class AdaptationSession:
         predict_seconds = time.perf_counter() - start
         status = (f"{self.frame_count} frames, {len(self._landmarks_fixed)} landmark pairs, {self.updates} updates"
                   + (" (cancelled)" if cancelled else ""))
-        return UpdateResult(transform, self.frame_count, self.updates, step_seconds, alignment_seconds,
+        return UpdateResult(transform, self.frame_count, self.updates, step_seconds, preparation_seconds,
                             predict_seconds, cancelled, status)
 
     def predict(self) -> Transform:

@@ -14,13 +14,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .adaptation import F_MIN, AdaptationSession
+import torch
+
+from .adaptation import F_MIN, AdaptationSession, AdaptationSettings, UpdateResult
 from .checkpoint import checkpoint_files
 from .data import Case
 from .errors import InputError
 from .geometry import ALIGNMENT_METHODS, Transform, initial_alignment
 from .models import BUNDLED_MODEL, load_model
-from .sweep import extract_frame, sweep_positions
+from .network import RegistrationNet
+from .sweep import Frame, extract_frame, sweep_positions
 
 SWEEP_FRAMES = 10
 """Frames in an evaluation sweep when no frame counts are asked for (the literature's F_max)."""
@@ -71,27 +74,45 @@ def _cached_model(model_path: Path | None):
     return _load_model_version(model_path, card.stat().st_mtime_ns if card.exists() else 0)
 
 
-def _sweep_method(adapt: bool) -> MethodFunction:
+def sweep_frames(case: Case, count: int = SWEEP_FRAMES) -> list[Frame]:
+    """The ``count`` frames of a right-to-left sweep over the case's TRUS gland, in acquisition order."""
+    gland = case.fixed_labels.array[0]
+    return [extract_frame(case.fixed_image, gland, p) for p in sweep_positions(gland, count)]
+
+
+def run_sweep(session: AdaptationSession, frames: Sequence[Frame]) -> Iterator[UpdateResult]:
+    """Give ``frames`` to ``session`` as a sweep acquires them: the first ``F_MIN - 1`` together (no update
+    yet), then one interaction per frame; yields the result of each frame from the ``F_MIN``-th on."""
+    session.add_frames(frames[: F_MIN - 1])
+    for frame in frames[F_MIN - 1:]:
+        yield session.add_frames([frame])
+
+
+def _untrained_model():
+    torch.manual_seed(0)
+    return RegistrationNet(), AdaptationSettings(), {}
+
+
+def _sweep_method(adapt: bool, untrained: bool = False) -> MethodFunction:
     def run(case: Case, frame_counts: Sequence[int], model_path: Path | None) -> Iterator[MethodResult]:
         counts = sorted(set(frame_counts)) or [SWEEP_FRAMES]
         if counts[0] < F_MIN:
             raise InputError(f"a sweep method registers from {F_MIN} frames on; frame counts {counts} start lower")
-        network, settings, _ = _cached_model(model_path)
+        network, settings, _ = _untrained_model() if untrained else _cached_model(model_path)
         if not adapt:
             settings = dataclasses.replace(settings, updates_per_interaction=0)
-        gland = case.fixed_labels.array[0]
-        frames = [extract_frame(case.fixed_image, gland, p) for p in sweep_positions(gland, counts[-1])]
+        frames = sweep_frames(case, counts[-1])
         # Only the gland label (channel 0) of the MR is given to the session: no landmark leaks in.
         session = AdaptationSession(network, case.moving_image, case.moving_labels, case.fixed_image.grid,
                                     settings=settings)
-        session.add_frames(frames[: F_MIN - 1])
-        for count in range(F_MIN, counts[-1] + 1):
-            result = session.add_frames([frames[count - 1]])
-            if count in counts:
-                yield MethodResult(result.transform, result.seconds, count, result.updates)
+        for result in run_sweep(session, frames):
+            if result.frames in counts:
+                yield MethodResult(result.transform, result.seconds, result.frames, result.updates)
 
     run.__doc__ = ("The network adapted over a right-to-left sweep, one update per frame from the second frame on."
                    if adapt else "The network without adaptation, predicting from the frames of a sweep.")
+    if untrained:
+        run.__doc__ += " The network is randomly initialised (seed 0), not trained."
     return run
 
 
@@ -99,6 +120,7 @@ METHODS: dict[str, MethodFunction] = {
     **{name: _alignment_method(name) for name in ALIGNMENT_METHODS},
     "meta": _sweep_method(adapt=True),
     "meta-noadapt": _sweep_method(adapt=False),
+    "random-init": _sweep_method(adapt=True, untrained=True),
 }
 """Every method ``metareg evaluate`` accepts, by name."""
 

@@ -1,4 +1,4 @@
-"""Tests of Training.benchmark: its JSON output and its parts, kept quick."""
+"""Tests of Training.benchmark: its JSON and table output, the model it times and its errors, kept quick."""
 
 from __future__ import annotations
 
@@ -9,9 +9,16 @@ import json
 import pytest
 import torch
 
+from MetaRegistrationLib.adaptation import AdaptationSettings
 from MetaRegistrationLib.errors import InputError, MetaRegistrationError
+from MetaRegistrationLib.models import save_model
+from MetaRegistrationLib.network import RegistrationNet
 from MetaRegistrationLib.phantom import make_phantom_case
 from Training import benchmark
+from Training.cli import main
+
+KEYS = ("update_median_s", "predict_median_s", "interaction_median_s", "preparation_median_s", "step_median_s",
+        "reference_step_median_s", "threads", "device", "model", "sweeps", "case")
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -27,54 +34,91 @@ def small_phantom(monkeypatch):
     return make_phantom_case(seed=0, scale=0.5)[0]
 
 
-def test_json_output_has_the_medians(small_phantom, capsys):
-    assert benchmark.run(parse("--repeats", "1", "--reference-repeats", "0", "--json")) == 0
+@pytest.fixture
+def tiny_phantom(monkeypatch):
+    """The phantom at 0.3 resolution with sweeps of 4 frames (its gland spans 8 planes): the quickest run."""
+    monkeypatch.setattr(benchmark, "make_phantom_case", functools.partial(make_phantom_case, scale=0.3))
+    monkeypatch.setattr(benchmark, "SWEEP_FRAMES", 4)
+
+
+@pytest.fixture
+def no_bundled_model(monkeypatch, tmp_path):
+    """A bundled model stem where no file exists, whether or not the real one has been trained yet."""
+    monkeypatch.setattr(benchmark, "BUNDLED_MODEL", tmp_path / "absent" / "meta-init")
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    """A saved fresh network with two gradient steps per interaction."""
+    path = tmp_path / "tiny"
+    torch.manual_seed(1)
+    save_model(path, RegistrationNet(), AdaptationSettings(updates_per_interaction=2))
+    return path
+
+
+def test_json_output_has_positive_medians(small_phantom, no_bundled_model, capsys):
+    assert benchmark.run(parse("--sweeps", "1", "--reference-repeats", "0", "--json")) == 0
     result = json.loads(capsys.readouterr().out)
+    assert set(KEYS) <= set(result)
     assert result["case"] == "phantom-0"
     assert result["device"] == "cpu"
+    assert result["model"] == benchmark.UNTRAINED
+    assert result["sweeps"] == 1
+    assert result["interactions"] == benchmark.SWEEP_FRAMES - 1  # one per frame from the second on
     assert result["fixed_shape_kji"] == list(small_phantom.fixed_image.grid.array_shape)
     assert result["threads"] == torch.get_num_threads()
-    for key in ("update_median_s", "predict_median_s"):
+    for key in KEYS[:5]:
         assert 0 < result[key] < 60
+    assert result["update_median_s"] >= result["preparation_median_s"]
     assert result["reference_step_median_s"] is None  # skipped by --reference-repeats 0
 
 
-def test_table_output_names_each_step(small_phantom, capsys):
-    benchmark.run(parse("--repeats", "1", "--reference-repeats", "0"))
+def test_given_model_is_timed_with_its_settings(tiny_phantom, tiny_model, capsys):
+    benchmark.run(parse("--model", str(tiny_model), "--sweeps", "1", "--reference-repeats", "0", "--json"))
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == str(tiny_model)
+    assert result["updates_per_interaction"] == 2
+
+
+def test_bad_model_path_is_a_one_line_cli_error(tmp_path, capsys):
+    assert main(["benchmark", "--model", str(tmp_path / "missing"), "--sweeps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metareg benchmark: error:") and "missing" in err
+    assert err.count("\n") == 1
+
+
+def test_table_output_names_each_row_and_the_model(tiny_phantom, no_bundled_model, capsys):
+    benchmark.run(parse("--sweeps", "1", "--reference-repeats", "0"))
     out = capsys.readouterr().out
-    assert "update" in out and "predict" in out and "reference_step" not in out
+    assert "model untrained" in out
+    for row in ("update", "predict", "interaction"):
+        assert f"\n{row} " in out
+    assert "reference_step" not in out
 
 
-def test_reference_step_runs_on_a_small_pair():
-    pair = benchmark.case_pair(make_phantom_case(seed=0, scale=0.3)[0])
-    seconds = benchmark.time_reference_step(pair, repeats=1, device=torch.device("cpu"), warmup=0,
+def test_reference_step_runs_on_a_small_case():
+    case = make_phantom_case(seed=0, scale=0.3)[0]
+    seconds = benchmark.time_reference_step(case, repeats=1, device=torch.device("cpu"), warmup=0,
                                             num_channel_initial=2)
     assert seconds > 0
 
 
-def test_acquired_mask_holds_planes_of_constant_j():
-    mask = benchmark.acquired_mask((44, 63, 47))
-    assert mask.shape == (1, 1, 44, 63, 47)
-    planes = mask[0, 0].amax(dim=(0, 2))
-    assert planes.sum() == benchmark.ACQUIRED_PLANES
-    assert planes[0] == 1 and planes[-1] == 1
-    assert torch.equal(mask[0, 0, 0], mask[0, 0, 43])  # the same frames at every depth
-
-
-def test_data_errors_reach_the_cli_as_metaregistration_errors(tmp_path):
+def test_data_errors_reach_the_cli_as_metaregistration_errors(tmp_path, no_bundled_model):
     with pytest.raises(MetaRegistrationError, match="data folder not found"):
-        benchmark.run(parse("--data", str(tmp_path / "missing"), "--repeats", "1"))
+        benchmark.run(parse("--data", str(tmp_path / "missing")))
 
 
-@pytest.mark.parametrize("argv", [("--repeats", "0"), ("--case", "a"), ("--reference-repeats", "-1")])
+@pytest.mark.parametrize("argv", [("--sweeps", "0"), ("--case", "a"), ("--reference-repeats", "-1")])
 def test_bad_arguments_are_input_errors(argv):
     with pytest.raises(InputError):
         benchmark.run(parse(*argv))
 
 
-def test_real_case_is_read_through_the_data_reader(synthetic_dataset, capsys):
-    benchmark.run(parse("--data", str(synthetic_dataset), "--case", "b", "--repeats", "1",
+def test_real_case_is_read_through_the_data_reader(synthetic_dataset, no_bundled_model, monkeypatch, capsys):
+    monkeypatch.setattr(benchmark, "SWEEP_FRAMES", 4)  # the tiny gland spans 9 planes only
+    benchmark.run(parse("--data", str(synthetic_dataset), "--case", "b", "--sweeps", "1",
                         "--reference-repeats", "0", "--json"))
     result = json.loads(capsys.readouterr().out)
     assert result["case"] == "b"
     assert result["fixed_shape_kji"] == [14, 18, 16]
+    assert result["interactions"] == 3

@@ -26,6 +26,7 @@ import argparse
 import copy
 import csv
 import dataclasses
+import io
 import json
 import subprocess
 import sys
@@ -44,7 +45,7 @@ from MetaRegistrationLib.checkpoint import checkpoint_files, read_card
 from MetaRegistrationLib.data import Case, Dataset, default_data_dir
 from MetaRegistrationLib.errors import InputError, MetaRegistrationError
 from MetaRegistrationLib.evaluation import evaluate_cases, summarise
-from MetaRegistrationLib.files import write_text_atomic
+from MetaRegistrationLib.files import atomic_path, write_text_atomic
 from MetaRegistrationLib.geometry import Grid, weighted_centroid
 from MetaRegistrationLib.models import load_model, save_model
 from MetaRegistrationLib.network import NetworkConfig, RegistrationNet
@@ -225,6 +226,23 @@ def validate(model: RegistrationNet, config: TrainConfig, dataset: Dataset, case
     return {"median_tre_mm": summary.median_tre_mm, "mean_dsc": summary.mean_dsc}
 
 
+def _drop_rows_from(path: Path, column: str, first: int) -> None:
+    """Remove the rows of a log whose ``column`` is >= ``first``: episodes a killed run did after its
+    last checkpoint, which the resumed run does again."""
+    if not path.exists():
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    kept = [row for row in rows if int(row[column]) < first]
+    if len(kept) == len(rows):
+        return
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(kept)
+    write_text_atomic(path, text.getvalue())
+
+
 def _append_csv(path: Path, row: dict) -> None:
     new = not path.exists()
     with open(path, "a", newline="") as handle:
@@ -262,12 +280,18 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     model.train()
     conventional = torch.optim.Adam(model.parameters(), lr=config.inner_learning_rate) \
         if config.mode == "conventional" else None
+    optimizer_state = run_dir / "latest-optimizer.pt"
+    if conventional is not None and resume:
+        # Plain tensors and numbers only: weights_only loading executes no code.
+        conventional.load_state_dict(torch.load(optimizer_state, weights_only=True))
     provenance = {"data": str(dataset.root), "train_split": config.train_split, "train_cases": len(train_ids),
                   "mode": config.mode, "git_commit": git_commit(), "hardware": hardware(),
                   "training_config": config.to_dict()}
     elapsed = 0.0
     if resume:
         elapsed = float(read_card(latest)["provenance"].get("wall_seconds", 0.0))
+        _drop_rows_from(run_dir / "log.csv", "episode", start_episode)
+        _drop_rows_from(run_dir / "val.csv", "episodes_done", start_episode + 1)
     bar = tqdm(range(start_episode, config.episodes), initial=start_episode, total=config.episodes,
                desc=f"{config.mode} training", file=sys.stderr)
     for episode in bar:
@@ -286,6 +310,11 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
                                           "beta_meta": f"{beta:.5f}", "wall_seconds": f"{elapsed:.1f}"})
         done = episode + 1
         if done % config.checkpoint_every == 0 or done == config.episodes:
+            if conventional is not None:
+                # Saved before the weights, so a checkpoint never lacks its optimiser state (a kill
+                # between the two leaves the optimiser one interval ahead; the run still resumes).
+                with atomic_path(optimizer_state) as temporary:
+                    torch.save(conventional.state_dict(), temporary)
             save_model(latest, model, config.adaptation, {**provenance, "episodes_done": done,
                                                           "wall_seconds": round(elapsed, 1)})
         if config.validate_every and (done % config.validate_every == 0 or done == config.episodes):
@@ -306,23 +335,51 @@ def hardware() -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU"
 
 
+def bundle(run_dir: Path, checkpoint: str, out: Path, frames: int = 10) -> dict:
+    """Evaluate a run's checkpoint on its val split and write it as a self-describing model (with val metrics)."""
+    config = load_config(run_dir / "config.yaml")
+    source = run_dir / checkpoint
+    network, settings, card = load_model(source)
+    dataset = Dataset(config.data or default_data_dir())
+    val_ids = dataset.split(config.val_split)
+    rows = evaluate_cases(dataset, val_ids, "meta", [frames], model_path=source)
+    (summary,) = summarise(rows)
+    metrics = {"split": config.val_split, "cases": len(val_ids), "frames": frames,
+               "median_tre_mm": round(summary.median_tre_mm, 3), "mean_tre_mm": round(summary.mean_tre_mm, 3),
+               "mean_dsc": round(summary.mean_dsc, 4),
+               "median_interaction_s": round(float(np.median([r.seconds for r in rows])), 3)}
+    save_model(out, network, settings, {**card["provenance"], "source_checkpoint": str(source),
+                                        "val_metrics": metrics})
+    return metrics
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="metareg-train", description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=MODES, help="what to train (must match the config's mode)")
-    parser.add_argument("--config", type=Path, help="YAML config (not needed with --resume)")
-    parser.add_argument("--run", type=Path, required=True, help="run folder")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --run from its latest checkpoint")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for mode in MODES:
+        sub = commands.add_parser(mode, help=f"train in {mode} mode (the config's mode must match)")
+        sub.add_argument("--config", type=Path, help="YAML config (not needed with --resume)")
+        sub.add_argument("--run", type=Path, required=True, help="run folder")
+        sub.add_argument("--resume", action="store_true", help="continue the run in --run from its latest checkpoint")
+    sub = commands.add_parser("bundle", help="evaluate a run's checkpoint on val and write it as a model with its card")
+    sub.add_argument("--run", type=Path, required=True, help="run folder")
+    sub.add_argument("--checkpoint", default="latest", help="checkpoint name in the run folder (default: latest)")
+    sub.add_argument("--out", type=Path, required=True, help="output model stem, e.g. MetaRegistration/Resources/Models/meta-init")
     args = parser.parse_args(argv)
     try:
-        if args.resume:
-            config = load_config(args.run / "config.yaml") if args.config is None else load_config(args.config)
-        elif args.config is None:
-            raise InputError("--config is needed to start a run")
-        else:
+        if args.command == "bundle":
+            metrics = bundle(args.run, args.checkpoint, args.out)
+            print(f"wrote {args.out}.safetensors and {args.out}.json; val: {json.dumps(metrics)}")
+            return 0
+        if args.config is not None:
             config = load_config(args.config)
-        if config.mode != args.mode:
+        elif args.resume:
+            config = load_config(args.run / "config.yaml")
+        else:
+            raise InputError("--config is needed to start a run")
+        if config.mode != args.command:
             raise InputError(f"{args.config or args.run / 'config.yaml'}: mode is {config.mode!r}, "
-                             f"not {args.mode!r}")
+                             f"not {args.command!r}")
         final = train(config, args.run, resume=args.resume)
     except MetaRegistrationError as error:
         print(f"metareg-train: error: {error}", file=sys.stderr)
