@@ -113,3 +113,17 @@ def test_real_cases_match_independent_implementation(real_data_dir, tmp_path, me
         tre, dsc = independent_tre_and_dsc(real_data_dir, case_id, method)
         assert float(rows[case_id]["tre_mm"]) == pytest.approx(tre, abs=0.01)
         assert float(rows[case_id]["dsc"]) == pytest.approx(dsc, abs=0.001)
+
+
+def test_compare_pairs_cases_of_two_evaluations(synthetic_dataset, tmp_path, capsys):
+    for method in ("identity", "centroid"):
+        assert main(["evaluate", "--data", str(synthetic_dataset), "--method", method,
+                     "--out", str(tmp_path / method)]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "centroid"), str(tmp_path / "identity")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("2 paired cases: centroid vs identity")
+    tre = lines[2].split()
+    # Centroid is exact on these cases (pure translations), identity is not.
+    assert tre[:3] == ["TRE", "mm", "0.000"] and float(tre[3]) > 3.0
+    assert main(["compare", str(tmp_path / "centroid"), str(tmp_path / "nowhere")]) == 2

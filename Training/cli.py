@@ -1,4 +1,4 @@
-"""The ``metareg`` command: demo, batch evaluation and benchmark.
+"""The ``metareg`` command: demo, batch evaluation, benchmark and paired comparison.
 
 A user error (bad file, bad argument value, mismatched checkpoint) is printed as
 one line and exits with status 2; nothing is written in that case.
@@ -12,12 +12,13 @@ import sys
 from MetaRegistrationLib import __version__
 from MetaRegistrationLib.errors import MetaRegistrationError
 
-from . import benchmark, demo, evaluate
+from . import benchmark, compare, demo, evaluate
 
 SUBCOMMANDS = {
     "demo": (demo, "register one case (the built-in phantom by default) and draw a figure"),
     "evaluate": (evaluate, "batch evaluation: TRE, DSC and folding per case, summary, report and box plots"),
     "benchmark": (benchmark, "time adaptation updates and predictions"),
+    "compare": (compare, "paired Wilcoxon test of two evaluations' per-case TRE and DSC"),
 }
 
 
