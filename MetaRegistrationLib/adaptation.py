@@ -205,6 +205,12 @@ class AdaptationSession:
         self.updates = 0
         self._problem: RegistrationProblem | None = None
 
+    def _clock(self) -> float:
+        """Seconds for timing; waits for queued GPU work so that it is counted where it was issued."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     @property
     def frame_count(self) -> int:
         return len(self.frame_poses)
@@ -270,7 +276,7 @@ class AdaptationSession:
 
     def _build(self) -> tuple[RegistrationProblem, float]:
         """The problem of everything acquired so far, and the seconds it took (alignment included)."""
-        start = time.perf_counter()
+        start = self._clock()
         image, gland, mask = self._acquired()
         initial = self._fixed_alignment if self._fixed_alignment is not None else \
             frames_gland_alignment(self._moving_gland, self.moving_grid, gland, mask, self.fixed_grid)
@@ -281,7 +287,7 @@ class AdaptationSession:
         if len(self._landmarks_fixed):
             problem.landmarks_moving = torch.as_tensor(self._landmarks_moving, dtype=torch.float32, device=self.device)
             problem.landmarks_fixed = torch.as_tensor(self._landmarks_fixed, dtype=torch.float32, device=self.device)
-        return problem, time.perf_counter() - start
+        return problem, self._clock() - start
 
     def _interact(self) -> UpdateResult:
         if self.frame_count < F_MIN:
@@ -293,13 +299,13 @@ class AdaptationSession:
             if self._cancel.is_set():
                 cancelled = True
                 break
-            start = time.perf_counter()
+            start = self._clock()
             adaptation_step(self.model, self.optimizer, self._problem, self.settings)
-            step_seconds.append(time.perf_counter() - start)
+            step_seconds.append(self._clock() - start)
             self.updates += 1
-        start = time.perf_counter()
+        start = self._clock()
         transform = self.predict()
-        predict_seconds = time.perf_counter() - start
+        predict_seconds = self._clock() - start
         status = (f"{self.frame_count} frames, {len(self._landmarks_fixed)} landmark pairs, {self.updates} updates"
                   + (" (cancelled)" if cancelled else ""))
         return UpdateResult(transform, self.frame_count, self.updates, step_seconds, preparation_seconds,

@@ -55,14 +55,17 @@ class SummaryRow:
 
 def evaluate_cases(dataset: Dataset, case_ids: Sequence[str], method: str, frame_counts: Sequence[int] = (),
                    model_path: str | Path | None = None,
-                   progress: Callable[[str], None] | None = None) -> list[CaseRow]:
-    """Register and measure every case; ``progress(case_id)`` is called after each case."""
+                   progress: Callable[[str], None] | None = None, label: str | None = None) -> list[CaseRow]:
+    """Register and measure every case; ``progress(case_id)`` is called after each case.
+
+    ``label`` names the method in the rows (default: ``method``), e.g. to tell two models apart.
+    """
     rows = []
     for case_id in case_ids:
         case = dataset.load(case_id)
         for result in run_method(method, case, frame_counts, model_path):
             metrics = evaluate_transform(case, result.transform)
-            rows.append(CaseRow(case_id, method, result.frames, result.updates, metrics.tre_mm, metrics.dsc,
+            rows.append(CaseRow(case_id, label or method, result.frames, result.updates, metrics.tre_mm, metrics.dsc,
                                 metrics.fold_pct, result.seconds, metrics.hd95_mm,
                                 tuple(float(e) for e in metrics.landmark_errors_mm)))
         if progress is not None:

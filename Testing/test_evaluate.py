@@ -127,3 +127,11 @@ def test_compare_pairs_cases_of_two_evaluations(synthetic_dataset, tmp_path, cap
     # Centroid is exact on these cases (pure translations), identity is not.
     assert tre[:3] == ["TRE", "mm", "0.000"] and float(tre[3]) > 3.0
     assert main(["compare", str(tmp_path / "centroid"), str(tmp_path / "nowhere")]) == 2
+
+
+def test_label_names_the_method_in_the_tables(synthetic_dataset, tmp_path):
+    out = tmp_path / "out"
+    assert main(["evaluate", "--data", str(synthetic_dataset), "--cases", "a", "--method", "identity",
+                 "--label", "world-as-stored", "--out", str(out)]) == 0
+    assert read_csv(out / "cases.csv")[0]["method"] == "world-as-stored"
+    assert read_csv(out / "summary.csv")[0]["method"] == "world-as-stored"

@@ -248,3 +248,11 @@ def test_beta_meta_decays_linearly_from_start_to_end():
     betas = [beta_meta(config, episode) for episode in range(5)]
     np.testing.assert_allclose(betas, [0.5, 0.4, 0.3, 0.2, 0.1], atol=1e-12)
     assert beta_meta(TrainConfig(episodes=1, beta_meta_start=0.3), 0) == 0.3
+
+
+def test_every_shipped_config_is_valid():
+    configs = sorted((Path(__file__).resolve().parents[1] / "Training" / "configs").glob("*.yaml"))
+    assert len(configs) >= 8
+    for path in configs:
+        config = train_module.load_config(path)
+        assert config.mode in train_module.MODES

@@ -60,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model checkpoint (.safetensors/.json pair) for model-based methods (default: bundled)")
     parser.add_argument("--frames", type=frame_counts, default=[],
                         help="frame counts to evaluate for sweep-based methods, e.g. 2-10")
+    parser.add_argument("--label", help="name of the method in the tables (default: --method), e.g. for another --model")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
 
 
@@ -135,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix_str(case_id)
             bar.update()
 
-        rows = evaluate_cases(dataset, case_ids, args.method, args.frames, args.model, progress=advance)
+        rows = evaluate_cases(dataset, case_ids, args.method, args.frames, args.model, progress=advance,
+                              label=args.label)
     summary = summarise(rows)
     command = "metareg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with staged_outputs(args.out) as staging:
