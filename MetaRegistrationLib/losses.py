@@ -4,7 +4,7 @@ All spatial arguments are arrays on the fixed grid, (B, C, k, j, i), and every
 ``spacing`` is the grid's voxel size in mm in ITK order (i, j, k), as
 ``Grid.spacing`` gives it; displacements are in mm (see
 :mod:`MetaRegistrationLib.geometry`). Adaptation and training both call
-:func:`registration_loss`, so the two optimise the same objective.
+:func:`registration_loss_terms`, so the two optimise the same objective.
 """
 
 from __future__ import annotations
@@ -245,23 +245,8 @@ def registration_loss_terms(
     dice_weight: float = 1.0,
     scales_mm: Sequence[float] = DICE_SCALES_MM,
 ) -> LossTerms:
-    """:func:`registration_loss` with its two unweighted terms, for logging."""
-    dice = multiscale_dice_loss(warped_labels, fixed_labels, spacing, mask, scales_mm)
-    bending = bending_energy(displacement, spacing)
-    return LossTerms(dice_weight * dice + bending_weight * bending, dice, bending)
-
-
-def registration_loss(
-    warped_labels: torch.Tensor,
-    fixed_labels: torch.Tensor,
-    displacement: torch.Tensor,
-    spacing: Sequence[float],
-    mask: torch.Tensor | None = None,
-    bending_weight: float = 1.0,
-    dice_weight: float = 1.0,
-    scales_mm: Sequence[float] = DICE_SCALES_MM,
-) -> torch.Tensor:
-    """The objective of adaptation and training: ``dice_weight * Dice + bending_weight * bending``.
+    """The objective of adaptation and training, ``dice_weight * Dice + bending_weight * bending``,
+    with its two unweighted terms for logging.
 
     Args:
         warped_labels: (B, C, k, j, i) moving labels warped onto the fixed grid
@@ -275,7 +260,8 @@ def registration_loss(
         scales_mm: Gaussian sigmas of the Dice term.
 
     Returns:
-        A scalar tensor.
+        ``LossTerms(total, dice, bending)``, scalar tensors.
     """
-    return registration_loss_terms(warped_labels, fixed_labels, displacement, spacing, mask,
-                                   bending_weight, dice_weight, scales_mm).total
+    dice = multiscale_dice_loss(warped_labels, fixed_labels, spacing, mask, scales_mm)
+    bending = bending_energy(displacement, spacing)
+    return LossTerms(dice_weight * dice + bending_weight * bending, dice, bending)

@@ -10,8 +10,7 @@ import torch
 from scipy import ndimage
 
 from MetaRegistrationLib import losses
-from MetaRegistrationLib.losses import (bending_energy, multiscale_dice_loss, registration_loss,
-                                        registration_loss_terms, soft_dice_loss)
+from MetaRegistrationLib.losses import bending_energy, multiscale_dice_loss, registration_loss_terms, soft_dice_loss
 
 SHAPE = (20, 26, 23)  # (k, j, i)
 ISOTROPIC = (1.5, 1.5, 1.5)
@@ -157,7 +156,7 @@ def test_registration_loss_combines_the_terms_with_their_weights():
     torch.testing.assert_close(terms.dice, multiscale_dice_loss(prediction, target, ISOTROPIC))
     torch.testing.assert_close(terms.bending, bending_energy(displacement, ISOTROPIC))
     torch.testing.assert_close(terms.total, 2.0 * terms.dice + 0.5 * terms.bending)
-    torch.testing.assert_close(registration_loss(prediction, target, displacement, ISOTROPIC),
+    torch.testing.assert_close(registration_loss_terms(prediction, target, displacement, ISOTROPIC).total,
                                terms.dice + terms.bending)
 
 
@@ -167,7 +166,7 @@ def test_gradients_flow_to_the_prediction_and_the_displacement():
     displacement = (0.1 * torch.randn(1, 3, *SHAPE)).requires_grad_()
     mask = torch.zeros(1, 1, *SHAPE)
     mask[:, :, :, ::4] = 1
-    registration_loss(prediction, target, displacement, ISOTROPIC, mask=mask).backward()
+    registration_loss_terms(prediction, target, displacement, ISOTROPIC, mask=mask).total.backward()
     for tensor in (prediction, displacement):
         assert torch.isfinite(tensor.grad).all()
         assert tensor.grad.abs().max() > 0
