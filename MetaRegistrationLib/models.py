@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
-
 from .adaptation import AdaptationSettings
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import CheckpointError
@@ -50,5 +48,4 @@ def load_model(path: str | Path | None = None) -> tuple[RegistrationNet, Adaptat
 def save_model(path: str | Path, network: RegistrationNet, settings: AdaptationSettings,
                provenance: dict | None = None) -> None:
     """Save a model so that :func:`load_model` restores it."""
-    with torch.no_grad():
-        save_checkpoint(path, network, model_config(network.config, settings), provenance)
+    save_checkpoint(path, network, model_config(network.config, settings), provenance)

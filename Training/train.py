@@ -28,6 +28,7 @@ import csv
 import dataclasses
 import io
 import json
+import platform
 import subprocess
 import sys
 import time
@@ -330,8 +331,6 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
 
 def hardware() -> str:
     """The device training ran on, in words."""
-    import platform
-
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU"
 
 
