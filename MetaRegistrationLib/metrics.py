@@ -38,7 +38,15 @@ def landmark_errors(case: Case, transform: Transform) -> np.ndarray:
     moving = np.array([weighted_centroid(channel, case.moving_labels.grid) for channel in case.moving_labels.array[1:]])
     if len(fixed) == 0:
         return np.zeros(0)
-    return np.linalg.norm(transform.map_points(fixed) - moving, axis=-1)
+    return point_errors(transform, fixed, moving)
+
+
+def point_errors(transform: Transform, fixed_points: np.ndarray, moving_points: np.ndarray) -> np.ndarray:
+    """Errors ``|phi(p_f) - p_m|`` in mm of paired world points, (N, 3) each: the TRE of landmark blobs'
+    centroids here, and of clicked landmark pairs in the Slicer module."""
+    fixed_points = np.asarray(fixed_points, dtype=float).reshape(-1, 3)
+    return np.linalg.norm(transform.map_points(fixed_points) - np.asarray(moving_points, dtype=float).reshape(-1, 3),
+                          axis=-1)
 
 
 def rms(errors: np.ndarray) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,11 @@ import pytest
 import SimpleITK as sitk
 
 from MetaRegistrationLib.data import FOLDERS, default_data_dir
+
+# The Slicer module's own package (MetaRegistrationSlicer) sits beside MetaRegistration.py, as Slicer loads it.
+MODULE_DIR = Path(__file__).resolve().parents[1] / "MetaRegistration"
+if str(MODULE_DIR) not in sys.path:
+    sys.path.insert(0, str(MODULE_DIR))
 
 
 def blob(shape_kji, centre_kji, sigma_vox) -> np.ndarray:
@@ -63,3 +69,25 @@ def real_data_dir() -> Path:
     if not all((root / name).is_dir() for name in FOLDERS):
         pytest.skip(f"real data not found at {root} (set METAREG_DATA or place ../shared beside the checkout)")
     return root
+
+
+@pytest.fixture
+def mrml_scene():
+    """A MRML scene set up as 3D Slicer sets up its own: application logic and the module logics the
+    MetaRegistration module relies on (segmentations, transforms, markups); needs the ``slicer-core`` wheel.
+
+    Creating the segmentations logic registers the segmentation converter rules, as in Slicer.
+    """
+    slicer = pytest.importorskip("slicer", reason="slicer-core (3D Slicer's MRML as a wheel) is not installed")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip(f"the 'slicer' package at {slicer.__file__} is not slicer-core")
+    scene = slicer.vtkMRMLScene()
+    application = slicer.vtkMRMLApplicationLogic()
+    application.SetMRMLScene(scene)
+    logics = [slicer.vtkSlicerSegmentationsModuleLogic(), slicer.vtkSlicerTransformLogic(),
+              slicer.vtkSlicerMarkupsLogic()]
+    for logic in logics:
+        logic.SetMRMLApplicationLogic(application)
+        logic.SetMRMLScene(scene)
+    yield scene
+    scene.Clear(True)

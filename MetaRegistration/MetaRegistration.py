@@ -1,0 +1,435 @@
+"""MetaRegistration: interactive, meta-learned MR-to-TRUS prostate registration in 3D Slicer.
+
+The module file in the scripted-module template's five parts: Module, parameter
+node, Widget, Logic, Test. The Logic is ``MetaRegistrationCoreLogic``
+(``MetaRegistrationSlicer/logic.py``, a plain class tested headlessly on
+slicer-core's MRML) mixed with Slicer's ``ScriptedLoadableModuleLogic``; the
+Widget only reads the GUI and calls it. Torch and the registration library are
+imported on first use, after the dependencies are installed, never when Slicer
+loads this file.
+"""
+
+import logging
+import os
+import pathlib
+from typing import Annotated, Optional, Union
+
+import qt
+import vtk
+
+import slicer
+from slicer import (
+    vtkMRMLLabelMapVolumeNode,
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLSequenceNode,
+    vtkMRMLTransformNode,
+)
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from MetaRegistrationSlicer.logic import MetaRegistrationCoreLogic
+
+README_URL = "https://github.com/SlicerMetaRegistration/SlicerMetaRegistration#use-in-3d-slicer"
+REQUIRED_IMPORTS = ("torch", "monai", "safetensors", "SimpleITK", "scipy")
+"""Python modules the registration library needs; torch comes from SlicerPyTorch, the rest from requirements.txt."""
+
+
+#
+# Module
+#
+
+
+class MetaRegistration(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "MetaRegistration"
+        self.parent.categories = ["Registration"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["SlicerMetaRegistration contributors"]
+        self.parent.helpText = (
+            "Registers a pre-operative prostate MR to tracked transrectal ultrasound (TRUS) frames during the "
+            "sweep: each new frame (a single-slice volume with its gland segmentation) or clicked landmark pair "
+            "adapts a meta-learned network in a few gradient steps, and the MR, its segmentation and its "
+            "fiducials are shown on the TRUS at once. The evaluation panel reports TRE from landmark fiducials "
+            f"and the gland DSC. See the <a href=\"{README_URL}\">README</a> for the workflow and the Python "
+            "console API (<code>slicer.util.getModuleLogic(\"MetaRegistration\")</code>)."
+        )
+        self.parent.acknowledgementText = (
+            "Built on 3D Slicer, MONAI and PyTorch (through the SlicerPyTorch extension). The interactive "
+            "meta-registration follows the few-shot adaptation literature for MR-to-TRUS prostate registration; "
+            "the test data are the public MR-TRUS prostate pairs of the DeepReg demos."
+        )
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class MetaRegistrationParameterNode:
+    """What the GUI holds; the Logic's calls take the same nodes as arguments.
+
+    movingVolume, movingSegmentation: the MR and its prostate segmentation (read in their own coordinates).
+    fixedVolume: the 3D TRUS volume giving the TRUS geometry.
+    frameVolume, frameSegmentation: the tracked frame to add, with its gland.
+    frameSequence, frameSegmentationSequence: a recorded sweep, consumed frame by frame.
+    movingLandmarks, fixedLandmarks: MR and TRUS fiducials, paired by control point label.
+    fixedSegmentation: the TRUS gland, for evaluation only.
+    outputTransform, outputVolume, outputSegmentation: where results go (created at the first update if empty).
+    """
+
+    movingVolume: vtkMRMLScalarVolumeNode
+    movingSegmentation: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
+    fixedVolume: vtkMRMLScalarVolumeNode
+    frameVolume: vtkMRMLScalarVolumeNode
+    frameSegmentation: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
+    frameSequence: vtkMRMLSequenceNode
+    frameSegmentationSequence: vtkMRMLSequenceNode
+    movingLandmarks: vtkMRMLMarkupsFiducialNode
+    fixedLandmarks: vtkMRMLMarkupsFiducialNode
+    fixedSegmentation: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
+    outputTransform: vtkMRMLTransformNode
+    outputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    resampleVolume: bool = True
+    trackSweep: bool = False
+    modelPath: pathlib.Path
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+
+
+#
+# Widget
+#
+
+
+class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._running = False
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MetaRegistration.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MetaRegistrationLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.startButton.connect("clicked(bool)", self.onStartButton)
+        self.ui.addFrameButton.connect("clicked(bool)", self.onAddFrameButton)
+        self.ui.addSequenceButton.connect("clicked(bool)", self.onAddSequenceButton)
+        self.ui.addLandmarksButton.connect("clicked(bool)", self.onAddLandmarksButton)
+        self.ui.resetButton.connect("clicked(bool)", self.onResetButton)
+        self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluateButton)
+        self.ui.saveCsvButton.connect("clicked(bool)", self.onSaveCsvButton)
+        self.ui.progressBar.hide()
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+        self.logic.endSession()
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode: Optional[MetaRegistrationParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._updateButtons()
+
+    def _updateButtons(self, caller=None, event=None) -> None:
+        """Each button says what it still needs, and is enabled only when it has it."""
+        p = self._parameterNode
+        if p is None:
+            return
+        missing = self.logic.missingInputs(p.movingVolume, p.movingSegmentation, p.fixedVolume)
+        self.ui.startButton.enabled = not missing and not self._running
+        self.ui.startButton.text = missing or ("Restart session" if self.logic.hasSession else "Start session")
+        session = self.logic.hasSession and not self._running
+        frameMissing = (not self.logic.hasSession and "Start a session first"
+                        or not p.frameVolume and "Select a frame"
+                        or not p.frameSegmentation and "Select the frame's gland segmentation")
+        self.ui.addFrameButton.enabled = session and not frameMissing
+        self.ui.addFrameButton.text = frameMissing or "Add frame"
+        sequenceMissing = (not self.logic.hasSession and "Start a session first"
+                           or not p.frameSequence and "Select a frame sequence"
+                           or not p.frameSegmentationSequence and "Select the gland sequence")
+        self.ui.addSequenceButton.enabled = self._running or (session and not sequenceMissing)
+        self.ui.addSequenceButton.text = "Cancel" if self._running else (sequenceMissing or "Add every frame")
+        landmarksMissing = (not self.logic.hasSession and "Start a session first"
+                            or not (p.movingLandmarks and p.fixedLandmarks) and "Select MR and TRUS landmarks")
+        self.ui.addLandmarksButton.enabled = session and not landmarksMissing
+        self.ui.addLandmarksButton.text = landmarksMissing or "Add landmark pairs"
+        self.ui.resetButton.enabled = session
+        evaluationMissing = (not (p.movingLandmarks and p.fixedLandmarks) and "Select MR and TRUS landmarks"
+                             or not p.outputTransform and "No transform yet"
+                             or not (p.movingSegmentation and p.fixedSegmentation) and "Select both glands")
+        self.ui.evaluateButton.enabled = not evaluationMissing and not self._running
+        self.ui.evaluateButton.text = evaluationMissing or "Evaluate"
+        self.ui.saveCsvButton.enabled = self.logic.evaluationTableNode is not None
+
+    def _showReport(self, report) -> None:
+        """Status, timings, and the result on the TRUS at the first registration."""
+        self.ui.statusLabel.text = report.status
+        if report.registered:
+            self.ui.timingsLabel.text = (f"alignment and inputs {report.preparationSeconds:.2f} s, "
+                                         f"updates {report.updateSeconds:.2f} s, prediction "
+                                         f"{report.predictSeconds:.2f} s, outputs {report.outputSeconds:.2f} s")
+        p = self._parameterNode
+        # Hand the created output nodes back to the GUI so that the next session reuses them.
+        with slicer.util.NodeModify(p):
+            p.outputTransform = self.logic.outputTransformNode
+            p.outputVolume = self.logic.outputVolumeNode
+            p.outputSegmentation = self.logic.outputSegmentationNode
+        firstRegistration = report.registered and sum(r.registered for r in self.logic.reports) == 1
+        if firstRegistration and self.logic.outputVolumeNode is not None:
+            slicer.util.setSliceViewerLayers(background=p.fixedVolume, foreground=self.logic.outputVolumeNode,
+                                             foregroundOpacity=0.5)
+        self._updateButtons()
+
+    def _ensureDependencies(self) -> bool:
+        if not self.logic.missingDependencies():
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+                "MetaRegistration needs PyTorch (installed through the SlicerPyTorch extension) and a few Python "
+                "packages (MONAI, safetensors). Install them now? This can take several minutes.",
+                "Install dependencies"):
+            return False
+        self.logic.installDependencies()
+        return True
+
+    def onStartButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Failed to start the registration session.", waitCursor=True):
+            if not self._ensureDependencies():
+                return
+            p = self._parameterNode
+            report = self.logic.startSession(
+                p.movingVolume, p.movingSegmentation, p.fixedVolume, modelPath=self.logic.modelPathOf(p.modelPath),
+                device=p.device, outputTransform=p.outputTransform, outputVolume=p.outputVolume,
+                outputSegmentation=p.outputSegmentation, resampleVolume=p.resampleVolume)
+            if p.trackSweep and p.movingLandmarks and p.fixedLandmarks:
+                self.logic.trackSweep(p.movingLandmarks, p.fixedLandmarks, p.fixedSegmentation)
+                self.ui.evaluationTableView.setMRMLTableNode(self.logic.sweepTableNode)
+            self._showReport(report)
+
+    def onAddFrameButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Failed to add the frame.", waitCursor=True):
+            p = self._parameterNode
+            self._showReport(self.logic.addFrame(p.frameVolume, p.frameSegmentation))
+
+    def onAddSequenceButton(self) -> None:
+        if self._running:
+            self.logic.cancel()
+            return
+        p = self._parameterNode
+        count = p.frameSequence.GetNumberOfDataNodes()
+        self._running = True
+        self.ui.progressBar.maximum = count
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.show()
+        self._updateButtons()
+
+        def progress(index, status):
+            self.ui.progressBar.value = index + 1
+            self.ui.statusLabel.text = status
+            slicer.app.processEvents()  # keeps the GUI, and its Cancel button, responsive between frames
+
+        try:
+            with slicer.util.tryWithErrorDisplay("Failed to add the frame sequence.", waitCursor=True):
+                reports = self.logic.addFrameSequence(p.frameSequence, p.frameSegmentationSequence, progress)
+                if reports:
+                    self._showReport(reports[-1])
+        finally:
+            self._running = False
+            self.ui.progressBar.hide()
+            self._updateButtons()
+
+    def onAddLandmarksButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Failed to add the landmark pairs.", waitCursor=True):
+            p = self._parameterNode
+            self._showReport(self.logic.addLandmarks(p.movingLandmarks, p.fixedLandmarks))
+
+    def onResetButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Failed to reset the session.", waitCursor=True):
+            self._showReport(self.logic.reset())
+
+    def onEvaluateButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Failed to evaluate the registration.", waitCursor=True):
+            p = self._parameterNode
+            report = self.logic.evaluate(p.movingLandmarks, p.fixedLandmarks, p.outputTransform,
+                                         p.movingSegmentation, p.fixedSegmentation, movingVolume=p.movingVolume,
+                                         fixedVolume=p.fixedVolume, tableNode=self.logic.evaluationTableNode)
+            self.ui.evaluationTableView.setMRMLTableNode(self.logic.evaluationTableNode)
+            self.ui.statusLabel.text = report.status
+            self._updateButtons()
+
+    def onSaveCsvButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Failed to save the table.", waitCursor=True):
+            path = qt.QFileDialog.getSaveFileName(None, "Save evaluation table", "metaregistration-evaluation.csv",
+                                                  "CSV files (*.csv)")
+            if path:
+                self.logic.saveTableCsv(self.logic.evaluationTableNode, path)
+                self.ui.statusLabel.text = f"Saved {path}"
+
+
+#
+# Logic
+#
+
+
+class MetaRegistrationLogic(ScriptedLoadableModuleLogic, MetaRegistrationCoreLogic):
+    """The module's Logic: ``MetaRegistrationCoreLogic`` (every registration, output and evaluation call) on
+    ``slicer.mrmlScene``, plus what needs the Slicer application: the parameter node and installing
+    dependencies. From the Python console: ``slicer.util.getModuleLogic("MetaRegistration")``."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        MetaRegistrationCoreLogic.__init__(self)
+
+    def getParameterNode(self):
+        return MetaRegistrationParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def modelPathOf(path) -> Optional[str]:
+        """The model chosen in the GUI, or ``None`` (the bundled model) when the path field is empty."""
+        text = str(path or "").strip()
+        return None if text in ("", ".") else text
+
+    @staticmethod
+    def missingDependencies() -> list:
+        """The Python modules the registration library needs and cannot import."""
+        import importlib.util
+
+        return [name for name in REQUIRED_IMPORTS if importlib.util.find_spec(name) is None]
+
+    def installDependencies(self) -> None:
+        """Install torch through SlicerPyTorch (which picks the CPU or CUDA build), then ``requirements.txt``."""
+        if "torch" in self.missingDependencies():
+            try:
+                import PyTorchUtils
+            except ImportError:
+                raise RuntimeError("MetaRegistration needs the PyTorch extension: install it from the Extensions "
+                                   "Manager and restart Slicer") from None
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+                raise RuntimeError("PyTorch could not be installed; see the PyTorch module for details")
+        if self.missingDependencies():
+            requirements = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
+            slicer.util.pip_install(["-r", requirements])
+        still = self.missingDependencies()
+        if still:
+            raise RuntimeError(f"could not install {', '.join(still)}; see the Python console for the pip log")
+        logging.info("MetaRegistration dependencies installed")
+
+
+#
+# Test
+#
+
+
+class MetaRegistrationTest(ScriptedLoadableModuleTest):
+    """Runs in 3D Slicer (Developer mode, Reload and Test, or ctest): a synthetic phantom through the Logic."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_MetaRegistrationSession()
+
+    def test_MetaRegistrationSession(self):
+        import tempfile
+
+        import numpy as np
+
+        logic = MetaRegistrationLogic()
+        if logic.missingDependencies():
+            logic.installDependencies()
+        import torch
+
+        from MetaRegistrationLib.adaptation import AdaptationSettings
+        from MetaRegistrationLib.metrics import evaluate_transform
+        from MetaRegistrationLib.models import save_model
+        from MetaRegistrationLib.network import RegistrationNet
+        from MetaRegistrationLib.phantom import make_phantom_case
+        from MetaRegistrationLib.geometry import Transform, weighted_centroid
+        from MetaRegistrationLib.registration import sweep_frames
+        from MetaRegistrationSlicer import conversions
+
+        self.delayDisplay("Building a synthetic MR/TRUS phantom")
+        case, _ = make_phantom_case(seed=0, scale=0.5)
+        scene = slicer.mrmlScene
+        nodes = {}
+        for side, image, labels in (("MR", case.moving_image, case.moving_labels),
+                                    ("TRUS", case.fixed_image, case.fixed_labels)):
+            nodes[side] = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", side)
+            conversions.updateVolumeNode(nodes[side], image.array[0], image.grid)
+            nodes[side + " gland"] = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", side + " gland")
+            conversions.updateVolumeNode(nodes[side + " gland"], (labels.array[0] > 0.5).astype(np.uint8),
+                                         labels.grid)
+            points = {f"L{n}": weighted_centroid(c, labels.grid) for n, c in enumerate(labels.array[1:], 1)}
+            nodes[side + " points"] = conversions.markupsFromPoints(scene, points, side + " landmarks")
+        torch.manual_seed(0)
+        modelPath = os.path.join(tempfile.mkdtemp(), "untrained")
+        save_model(modelPath, RegistrationNet(), AdaptationSettings())
+
+        self.delayDisplay("Registering over a sweep of 6 frames")
+        logic.startSession(nodes["MR"], nodes["MR gland"], nodes["TRUS"], modelPath=modelPath, device="cpu",
+                           resampleVolume=True)
+        frames = [conversions.frameNodesFromFrame(scene, frame, f"frame {n}")
+                  for n, frame in enumerate(sweep_frames(case, 6), 1)]
+        reports = logic.addFrames(frames)
+        self.assertEqual(reports[-1].frames, 6)
+        self.assertTrue(reports[-1].registered)
+        before = evaluate_transform(case, Transform(np.eye(4))).dsc
+        after = evaluate_transform(case, logic.lastTransform).dsc
+        self.assertGreater(after, before)
+
+        self.delayDisplay("Evaluating from landmark fiducials")
+        result = logic.evaluate(nodes["MR points"], nodes["TRUS points"], logic.outputTransformNode,
+                                nodes["MR gland"], nodes["TRUS gland"])
+        self.assertAlmostEqual(result.dsc, after, places=6)
+        self.assertEqual(logic.evaluationTableNode.GetNumberOfRows(), len(result.labels) + 4)
+        path = os.path.join(tempfile.mkdtemp(), "evaluation.csv")
+        logic.saveTableCsv(logic.evaluationTableNode, path)
+        self.assertTrue(os.path.exists(path))
+
+        logic.reset()
+        self.assertEqual(len(logic.reports), 0)
+        self.delayDisplay("Test passed")
