@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from MetaRegistrationLib.data import FOLDERS, default_data_dir
 
@@ -60,6 +61,16 @@ def synthetic_dataset(tmp_path) -> Path:
     write_synthetic_case(root, "b", shift_mm=(-4.5, 3.0, 0.0))
     (root / "split.json").write_text('{"train": ["a"], "val": ["b"]}')
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tests on one torch thread: the tensors are tiny, and on a loaded machine two
+    OpenMP threads spin-waiting for each other made an adaptation step about 40 times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

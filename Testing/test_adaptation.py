@@ -35,14 +35,7 @@ WAIT_SECONDS = 120.0
 """Bound on every wait for another thread: generous, so a slow machine fails only if something hangs."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The tensors here are tiny; on a loaded machine two OpenMP threads spin-waiting for each other
-    # made one adaptation step about 40 times slower than one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -32,12 +32,7 @@ SHIFT_LPS = np.array([4.5, -3.0, 1.5])
 """The synthetic MR is its TRUS moved by this: the true phi is x + SHIFT_LPS."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'':<28} {'TRE mm':>8} {'DSC':>6} {'HD95 mm':>8} {'fold %':>7}")
     for name, transform in results.items():
         print(_line(name, evaluate_transform(case, transform)))
-    print(f"registration took {final.seconds:.2f} s")
+    if final.frames is None:
+        print(f"registration took {final.seconds:.2f} s")
+    else:
+        print(f"the update and prediction for frame {final.frames} took {final.seconds:.2f} s")
     with staged_outputs(args.out) as staging:
         contour_figure(case, results, staging / "demo.png")
     print(f"wrote {args.out / 'demo.png'}")
