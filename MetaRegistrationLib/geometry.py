@@ -32,6 +32,7 @@ Transforms
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,10 +94,9 @@ class Grid:
         return np.linalg.inv(self.index_to_world)
 
     def world_points(self) -> np.ndarray:
-        """World coordinates of every voxel centre, shape (k, j, i, 3)."""
-        k, j, i = np.meshgrid(*(np.arange(n) for n in self.array_shape), indexing="ij")
-        index = np.stack([i, j, k], axis=-1).astype(float)
-        return apply_affine(self.index_to_world, index)
+        """World coordinates of every voxel centre, shape (k, j, i, 3); read-only, computed once per grid
+        (every adaptation step warps through it)."""
+        return _world_points(self)
 
     def fov_centre(self) -> np.ndarray:
         """World position of the centre of the field of view, shape (3,)."""
@@ -107,6 +107,14 @@ class Grid:
         return f"{self.size[0]}x{self.size[1]}x{self.size[2]} voxels of " + "x".join(
             f"{s:g}" for s in self.spacing
         ) + " mm"
+
+
+@functools.lru_cache(maxsize=8)
+def _world_points(grid: Grid) -> np.ndarray:
+    k, j, i = np.meshgrid(*(np.arange(n) for n in grid.array_shape), indexing="ij")
+    points = apply_affine(grid.index_to_world, np.stack([i, j, k], axis=-1).astype(float))
+    points.flags.writeable = False
+    return points
 
 
 def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -300,7 +308,7 @@ def warp(moving: torch.Tensor, moving_grid: Grid, fixed_grid: Grid, initial: tor
         (B, C, k, j, i) on ``fixed_grid``: ``moving(initial @ (x + u(x)))``.
     """
     batch = moving.shape[0]
-    points = torch.as_tensor(fixed_grid.world_points(), dtype=moving.dtype, device=moving.device)
+    points = torch.tensor(fixed_grid.world_points(), dtype=moving.dtype, device=moving.device)
     points = points.expand(batch, *points.shape)
     if displacement is not None:
         expected = (batch, 3, *fixed_grid.array_shape)
