@@ -256,7 +256,7 @@ class Transform:
         if self.displacement is None:
             return np.zeros_like(points)
         field = torch.as_tensor(self.displacement, dtype=torch.float64)[None]
-        sampled = sample(field, torch.as_tensor(self.grid.world_to_index), torch.as_tensor(points)[None],
+        sampled = sample(field, torch.as_tensor(self.grid.world_to_index), torch.tensor(points)[None],
                          padding_mode="border")
         return np.moveaxis(sampled[0].numpy(), 0, -1)
 
