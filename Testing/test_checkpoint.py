@@ -36,6 +36,13 @@ def assert_one_line_naming(error: pytest.ExceptionInfo, path) -> None:
     assert "\n" not in message and message.startswith(str(path)), message
 
 
+def rewrite_card(card_path, key, value):
+    """Change one top-level field of a saved card, as a careless edit or a newer writer would."""
+    card = json.loads(card_path.read_text())
+    card[key] = value
+    card_path.write_text(json.dumps(card))
+
+
 def test_round_trip_gives_equal_weights_and_the_card(saved, tmp_path):
     model, (weights_path, card_path) = saved
     assert (weights_path.name, card_path.name) == ("model.safetensors", "model.json")
@@ -71,16 +78,13 @@ def test_tampered_weights_are_rejected(saved):
 
 def test_architecture_mismatch_is_rejected_with_what_differs(saved):
     _, (weights_path, card_path) = saved
-    card = json.loads(card_path.read_text())
-    card["config"] = {"channels": 8}
-    card_path.write_text(json.dumps(card))
+    rewrite_card(card_path, "config", {"channels": 8})
     with pytest.raises(CheckpointError, match="does not match the architecture in model.json") as error:
         load_checkpoint(card_path, build)
     assert_one_line_naming(error, weights_path)
     assert "shape of 0.weight is (4, 2, 3, 3, 3) not (8, 2, 3, 3, 3)" in str(error.value)
 
-    card["config"] = {"channels": 4, "extra_layer": True}
-    card_path.write_text(json.dumps(card))
+    rewrite_card(card_path, "config", {"channels": 4, "extra_layer": True})
     with pytest.raises(CheckpointError, match="missing 4.weight, 4.bias"):
         load_checkpoint(card_path, build)
 
@@ -118,18 +122,14 @@ def test_missing_or_broken_files_are_rejected(saved):
 
 def test_a_newer_format_is_rejected(saved):
     _, (_, card_path) = saved
-    card = json.loads(card_path.read_text())
-    card["format_version"] = checkpoint.FORMAT_VERSION + 1
-    card_path.write_text(json.dumps(card))
+    rewrite_card(card_path, "format_version", checkpoint.FORMAT_VERSION + 1)
     with pytest.raises(CheckpointError, match="format version"):
         load_checkpoint(card_path, build)
 
 
 def test_a_config_the_builder_rejects_is_reported(saved):
     _, (_, card_path) = saved
-    card = json.loads(card_path.read_text())
-    card["config"] = {"width": 4}
-    card_path.write_text(json.dumps(card))
+    rewrite_card(card_path, "config", {"width": 4})
     with pytest.raises(CheckpointError, match="its config does not build a network") as error:
         load_checkpoint(card_path, build)
     assert_one_line_naming(error, card_path)

@@ -44,6 +44,18 @@ def random_field(grid, seed=0, scale=2.0) -> np.ndarray:
 
 # --- volumes ----------------------------------------------------------------------------------------------------
 
+def storage_round_trip(scene, node, path):
+    """Write ``node`` to ``path`` with its default storage node and read it into a new node of its class."""
+    writer = node.CreateDefaultStorageNode()
+    writer.SetFileName(str(path))
+    assert writer.WriteData(node)
+    loaded = scene.AddNewNodeByClass(node.GetClassName(), "read")
+    reader = loaded.CreateDefaultStorageNode()
+    reader.SetFileName(str(path))
+    assert reader.ReadData(loaded)
+    return loaded
+
+
 def test_volume_round_trip_and_slicer_sees_each_voxel_at_the_flipped_point(mrml_scene):
     array = np.random.default_rng(0).normal(size=OBLIQUE.array_shape).astype(np.float32)
     node = volume_node(mrml_scene, array, OBLIQUE)
@@ -140,13 +152,7 @@ def test_grid_transform_round_trips_through_an_h5_file(mrml_scene, tmp_path):
     transform = Transform(translation([1.0, 2.0, -3.0]), random_field(OBLIQUE), OBLIQUE)
     node = mrml_scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "phi")
     conversions.setGridTransform(node, transform)
-    storage = node.CreateDefaultStorageNode()
-    storage.SetFileName(str(tmp_path / "phi.h5"))
-    assert storage.WriteData(node)
-    loaded = mrml_scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "loaded")
-    reader = loaded.CreateDefaultStorageNode()
-    reader.SetFileName(str(tmp_path / "phi.h5"))
-    assert reader.ReadData(loaded)
+    loaded = storage_round_trip(mrml_scene, node, tmp_path / "phi.h5")
     np.testing.assert_allclose(conversions.transformFromNode(loaded, OBLIQUE).map_grid(OBLIQUE),
                                transform.map_grid(OBLIQUE), atol=1e-6)
 
@@ -210,13 +216,7 @@ def test_segmentation_round_trips_through_a_seg_nrrd_file(mrml_scene, tmp_path):
     segmentation = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "written")
     conversions.segmentationFromMask(segmentation, labels == 1, OBLIQUE, "prostate")
     np.testing.assert_array_equal(conversions.glandOnGrid(segmentation, OBLIQUE), labels == 1)
-    storage = segmentation.CreateDefaultStorageNode()
-    storage.SetFileName(str(tmp_path / "gland.seg.nrrd"))
-    assert storage.WriteData(segmentation)
-    loaded = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "read")
-    reader = loaded.CreateDefaultStorageNode()
-    reader.SetFileName(str(tmp_path / "gland.seg.nrrd"))
-    assert reader.ReadData(loaded)
+    loaded = storage_round_trip(mrml_scene, segmentation, tmp_path / "gland.seg.nrrd")
     np.testing.assert_array_equal(conversions.glandOnGrid(loaded, OBLIQUE, "prostate"), labels == 1)
     # Writing again replaces the segment's voxels instead of adding a segment.
     conversions.segmentationFromMask(segmentation, labels == 2, OBLIQUE, "prostate")
@@ -342,13 +342,7 @@ def test_landmark_errors_name_the_nodes(mrml_scene):
 def test_landmarks_round_trip_through_a_mrk_json_file(mrml_scene, tmp_path):
     points = {"apex": np.array([1.5, -2.0, 3.25]), "base": np.array([-4.0, 5.5, 6.0])}
     node = conversions.markupsFromPoints(mrml_scene, points, "written")
-    storage = node.CreateDefaultStorageNode()
-    storage.SetFileName(str(tmp_path / "points.mrk.json"))
-    assert storage.WriteData(node)
-    loaded = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "read")
-    reader = loaded.CreateDefaultStorageNode()
-    reader.SetFileName(str(tmp_path / "points.mrk.json"))
-    assert reader.ReadData(loaded)
+    loaded = storage_round_trip(mrml_scene, node, tmp_path / "points.mrk.json")
     read = conversions.pointsFromMarkups(loaded, world=True)
     assert list(read) == ["apex", "base"]
     for label, point in points.items():
