@@ -59,24 +59,6 @@ def shifted_case() -> Case:
                 Volume(image[None], fixed, "TRUS"), Volume(labels, fixed, "TRUS labels"))
 
 
-def case_nodes(scene, case: Case) -> dict:
-    """The nodes a clinician would have for a case: MR volume and segmentation, TRUS volume and gland,
-    landmark fiducials at the centroids of the landmark blobs (labels L1, L2, ...)."""
-    nodes = {}
-    for side, image, labels in (("MR", case.moving_image, case.moving_labels),
-                                ("TRUS", case.fixed_image, case.fixed_labels)):
-        volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", side)
-        conversions.updateVolumeNode(volume, image.array[0], image.grid)
-        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{side} gland labelmap")
-        conversions.updateVolumeNode(labelmap, (labels.array[0] > 0.5).astype(np.uint8), labels.grid)
-        segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{side} segmentation")
-        assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
-        points = {f"L{n}": weighted_centroid(channel, labels.grid) for n, channel in enumerate(labels.array[1:], 1)}
-        nodes.update({side: volume, f"{side} labelmap": labelmap, f"{side} segmentation": segmentation,
-                      f"{side} points": conversions.markupsFromPoints(scene, points, f"{side} landmarks")})
-    return nodes
-
-
 def frame_nodes(scene, case: Case, count: int | None = None) -> list[tuple]:
     """Tracked frame nodes of a right-to-left sweep: ``count`` frames, or every plane holding gland."""
     gland = case.fixed_labels.array[0]
@@ -123,7 +105,7 @@ def started(scene, nodes, model, **kwargs) -> MetaRegistrationCoreLogic:
 # --- a session with a known answer ------------------------------------------------------------------------------
 
 def test_known_shift_session_overlays_mr_on_trus(mrml_scene, shifted_case, tiny_model):
-    nodes = case_nodes(mrml_scene, shifted_case)
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
     frames = frame_nodes(mrml_scene, shifted_case)
     logic = started(mrml_scene, nodes, tiny_model, resampleVolume=True)
     reports = logic.addFrames(frames)
@@ -156,7 +138,7 @@ def test_known_shift_session_overlays_mr_on_trus(mrml_scene, shifted_case, tiny_
 
 
 def test_inputs_are_unchanged_and_outputs_are_new_nodes(mrml_scene, shifted_case, tiny_model):
-    nodes = case_nodes(mrml_scene, shifted_case)
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
     frames = frame_nodes(mrml_scene, shifted_case, 4)
     inputs = list(nodes.values()) + [node for pair in frames for node in pair]
     before = {node.GetID(): checksum(node) for node in inputs}
@@ -176,7 +158,7 @@ def test_inputs_are_unchanged_and_outputs_are_new_nodes(mrml_scene, shifted_case
 
 
 def test_user_chosen_output_nodes_are_used(mrml_scene, shifted_case, tiny_model):
-    nodes = case_nodes(mrml_scene, shifted_case)
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
     transform = mrml_scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "my transform")
     segmentation = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my segmentation")
     volume = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "my volume")
@@ -190,7 +172,7 @@ def test_user_chosen_output_nodes_are_used(mrml_scene, shifted_case, tiny_model)
 
 
 def test_sequence_is_consumed_frame_by_frame_like_single_frames(mrml_scene, shifted_case, tiny_model):
-    nodes = case_nodes(mrml_scene, shifted_case)
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
     frames = frame_nodes(mrml_scene, shifted_case, 4)
     images = mrml_scene.AddNewNodeByClass("vtkMRMLSequenceNode", "frames")
     glands = mrml_scene.AddNewNodeByClass("vtkMRMLSequenceNode", "frame glands")
@@ -209,7 +191,7 @@ def test_sequence_is_consumed_frame_by_frame_like_single_frames(mrml_scene, shif
 
 
 def test_landmark_pairs_are_interactions_matched_by_label(mrml_scene, shifted_case, tiny_model):
-    nodes = case_nodes(mrml_scene, shifted_case)
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
     logic = started(mrml_scene, nodes, tiny_model)
     logic.addFrames(frame_nodes(mrml_scene, shifted_case, 3))
     nodes["MR points"].AddControlPoint(vtk.vtkVector3d(*conversions.lpsToRas(
@@ -229,7 +211,7 @@ def test_landmark_pairs_are_interactions_matched_by_label(mrml_scene, shifted_ca
 
 
 def test_reset_returns_outputs_to_identity(mrml_scene, shifted_case, tiny_model):
-    nodes = case_nodes(mrml_scene, shifted_case)
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
     logic = started(mrml_scene, nodes, tiny_model)
     logic.addFrames(frame_nodes(mrml_scene, shifted_case, 2))
     report = logic.reset()
@@ -242,7 +224,7 @@ def test_reset_returns_outputs_to_identity(mrml_scene, shifted_case, tiny_model)
 # --- evaluation -------------------------------------------------------------------------------------------------
 
 def test_evaluation_panel_equals_the_library_and_saves_csv(mrml_scene, shifted_case, tiny_model, tmp_path):
-    nodes = case_nodes(mrml_scene, shifted_case)
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
     logic = started(mrml_scene, nodes, tiny_model)
     logic.addFrames(frame_nodes(mrml_scene, shifted_case, 3))
     nodes["TRUS points"].AddControlPoint(vtk.vtkVector3d(1, 2, 3), "TRUS only")
@@ -268,7 +250,7 @@ def test_evaluation_panel_equals_the_library_and_saves_csv(mrml_scene, shifted_c
 
 
 def test_tre_per_frame_is_tabulated_and_plotted(mrml_scene, shifted_case, tiny_model):
-    nodes = case_nodes(mrml_scene, shifted_case)
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
     logic = started(mrml_scene, nodes, tiny_model)
     logic.trackSweep(nodes["MR points"], nodes["TRUS points"], nodes["TRUS segmentation"])
     logic.addFrames(frame_nodes(mrml_scene, shifted_case, 4))
@@ -308,7 +290,7 @@ def session_state(logic) -> tuple:
 
 
 def test_bad_input_names_the_node_and_leaves_the_session_unchanged(mrml_scene, shifted_case, tiny_model):
-    nodes = case_nodes(mrml_scene, shifted_case)
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
     logic = started(mrml_scene, nodes, tiny_model)
     frames = frame_nodes(mrml_scene, shifted_case, 3)
     logic.addFrames(frames[:2])
@@ -346,7 +328,7 @@ def test_bad_input_names_the_node_and_leaves_the_session_unchanged(mrml_scene, s
 
 
 def test_calls_before_a_session_say_what_is_missing(mrml_scene, shifted_case):
-    nodes = case_nodes(mrml_scene, shifted_case)
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
     logic = MetaRegistrationCoreLogic(mrml_scene)
     with pytest.raises(InputError, match="^no registration session"):
         logic.addFrames(frame_nodes(mrml_scene, shifted_case, 2))
@@ -367,7 +349,7 @@ def test_real_case_as_slicer_nodes_matches_the_library_meta_method(mrml_scene, r
     case_id = dataset.split("val")[0]
     (expected,) = evaluate_cases(dataset, [case_id], "meta", [10], model)
     case = dataset.load(case_id)
-    nodes = case_nodes(mrml_scene, case)
+    nodes = conversions.caseNodes(mrml_scene, case)
     logic = MetaRegistrationCoreLogic(mrml_scene)
     logic.startSession(nodes["MR"], nodes["MR segmentation"], nodes["TRUS"], modelPath=str(model))
     frames = [conversions.frameNodesFromFrame(mrml_scene, frame, f"frame {n}")
@@ -385,7 +367,7 @@ def test_real_case_as_slicer_nodes_matches_the_library_meta_method(mrml_scene, r
 
 
 def test_a_deleted_output_node_is_recreated(mrml_scene, shifted_case, tiny_model):
-    nodes = case_nodes(mrml_scene, shifted_case)
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
     logic = started(mrml_scene, nodes, tiny_model)
     frames = frame_nodes(mrml_scene, shifted_case, 3)
     logic.addFrames(frames[:2])
@@ -396,7 +378,7 @@ def test_a_deleted_output_node_is_recreated(mrml_scene, shifted_case, tiny_model
 
 
 def test_start_button_text_says_what_is_missing(mrml_scene, shifted_case):
-    nodes = case_nodes(mrml_scene, shifted_case)
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
     missing = MetaRegistrationCoreLogic.missingInputs
     assert missing(None, None, None) == "Select the MR volume"
     assert missing(nodes["MR"], None, nodes["TRUS"]) == "Select the MR prostate segmentation"
@@ -405,7 +387,7 @@ def test_start_button_text_says_what_is_missing(mrml_scene, shifted_case):
 
 
 def test_evaluation_without_a_session_uses_the_glands_own_geometry(mrml_scene, shifted_case):
-    nodes = case_nodes(mrml_scene, shifted_case)
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
     truth = mrml_scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "true phi")
     grid = shifted_case.fixed_image.grid
     conversions.setGridTransform(truth, Transform(translation(SHIFT_LPS)), grid)

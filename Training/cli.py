@@ -1,4 +1,4 @@
-"""The ``metareg`` command: demo, batch evaluation, benchmark and paired comparison.
+"""The ``metareg`` command: demo, batch evaluation, benchmark, paired comparison and the web app.
 
 A user error (bad file, bad argument value, mismatched checkpoint) is printed as
 one line and exits with status 2; nothing is written in that case.
@@ -12,6 +12,8 @@ import sys
 from MetaRegistrationLib import __version__
 from MetaRegistrationLib.errors import MetaRegistrationError
 
+from MetaRegistrationWeb import command as app_command
+
 from . import benchmark, compare, demo, evaluate
 
 SUBCOMMANDS = {
@@ -19,6 +21,7 @@ SUBCOMMANDS = {
     "evaluate": (evaluate, "batch evaluation: TRE, DSC and folding per case, summary, report and box plots"),
     "benchmark": (benchmark, "time adaptation updates and predictions"),
     "compare": (compare, "paired Wilcoxon test of two evaluations' per-case TRE and DSC"),
+    "app": (app_command, "the interactive sweep in a web browser (trame-slicer), on the Slicer module's Logic"),
 }
 
 

@@ -39,7 +39,7 @@ from vtk.util import numpy_support
 import slicer
 from MetaRegistrationLib.data import Volume
 from MetaRegistrationLib.errors import InputError
-from MetaRegistrationLib.geometry import LPS_TO_RAS, Grid, Transform, apply_affine, resample
+from MetaRegistrationLib.geometry import LPS_TO_RAS, Grid, Transform, apply_affine, resample, weighted_centroid
 from MetaRegistrationLib.sweep import Frame, plane_pose
 
 GLAND_SEGMENT_NAMES = ("prostate", "gland")
@@ -433,6 +433,32 @@ def markupsFromPoints(scene, points: dict[str, np.ndarray], name: str):
     for label, point in points.items():
         node.AddControlPoint(vtk.vtkVector3d(*lpsToRas(point)), label)
     return node
+
+
+# --- a whole case ------------------------------------------------------------------------------------------------
+
+
+def caseNodes(scene, case) -> dict:
+    """New nodes holding a library ``Case`` as a clinician would have it (simulations, the web app, tests).
+
+    Returns:
+        ``{"MR", "TRUS"}``: scalar volumes; ``"MR segmentation"``, ``"TRUS segmentation"``: the gland as a
+        segmentation (segment "prostate"); ``"MR labelmap"``, ``"TRUS labelmap"``: the gland as a labelmap;
+        ``"MR points"``, ``"TRUS points"``: fiducials at the centroids of the landmark labels, labelled L1, L2, ...
+    """
+    nodes = {}
+    for side, image, labels in (("MR", case.moving_image, case.moving_labels),
+                                ("TRUS", case.fixed_image, case.fixed_labels)):
+        volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", side)
+        updateVolumeNode(volume, image.array[0], image.grid)
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{side} gland labelmap")
+        updateVolumeNode(labelmap, (labels.array[0] > 0.5).astype(np.uint8), labels.grid)
+        segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{side} segmentation")
+        segmentationFromMask(segmentation, labels.array[0] > 0.5, labels.grid, "prostate", (0.9, 0.5, 0.2))
+        points = {f"L{n}": weighted_centroid(channel, labels.grid) for n, channel in enumerate(labels.array[1:], 1)}
+        nodes.update({side: volume, f"{side} labelmap": labelmap, f"{side} segmentation": segmentation,
+                      f"{side} points": markupsFromPoints(scene, points, f"{side} landmarks")})
+    return nodes
 
 
 # --- transforms -------------------------------------------------------------------------------------------------

@@ -107,6 +107,32 @@ class EvaluationReport:
         return text + (f" (unmatched labels left out; {'; '.join(unmatched)})" if unmatched else "")
 
 
+class PendingInteraction:
+    """An interaction read from its nodes and not yet run (see ``MetaRegistrationCoreLogic.prepareFrame``).
+
+    ``adapt()`` runs the library's gradient steps; it reads and writes no MRML node, so a front end may call it in
+    a worker thread. An input error is kept and raised, naming the nodes, by ``finishInteraction``.
+    """
+
+    def __init__(self, run: Callable[[], object], description: str, newLandmarkLabels: Sequence[str] = (),
+                 unmatchedLabels: Sequence[str] = ()):
+        self._run = run
+        self.description = description
+        self.newLandmarkLabels = list(newLandmarkLabels)
+        self.unmatchedLabels = list(unmatchedLabels)
+        self.frame = None  # the MetaRegistrationLib.sweep.Frame of a frame interaction
+        self.result = None  # MetaRegistrationLib.adaptation.UpdateResult, once adapted
+        self.error = None
+
+    def adapt(self) -> None:
+        from MetaRegistrationLib.errors import InputError
+
+        try:
+            self.result = self._run()
+        except InputError as error:
+            self.error = error
+
+
 @dataclass
 class _SessionInputs:
     """What a session was started from, converted once (the input nodes are not read again)."""
@@ -152,6 +178,16 @@ class MetaRegistrationCoreLogic:
     @property
     def hasSession(self) -> bool:
         return self._session is not None
+
+    @property
+    def givenLandmarkLabels(self) -> list[str]:
+        """Labels of the landmark pairs given to the session so far."""
+        return list(self._givenLandmarkLabels)
+
+    @property
+    def sweepRows(self) -> list[dict]:
+        """The rows of :attr:`sweepTableNode` (one per update since :meth:`trackSweep`), keyed by ``SWEEP_COLUMNS``."""
+        return [dict(zip(SWEEP_COLUMNS, row)) for row in self._sweepRows]
 
     @staticmethod
     def missingInputs(movingVolume, movingSegmentation, fixedVolume) -> str:
@@ -289,17 +325,42 @@ class MetaRegistrationCoreLogic:
             MetaRegistrationLib.errors.MetaRegistrationError: naming the node (a 3D volume, an empty gland, a frame
                 outside the TRUS volume, a plane already acquired); the session is then unchanged.
         """
-        from MetaRegistrationLib.errors import InputError
+        return self.runInteraction(self.prepareFrame(frameVolume, frameSegmentation, segmentId))
 
+    # An interaction in three steps, so that a front end can keep its event loop free while the network adapts:
+    # ``prepare*`` reads the nodes (main thread), ``PendingInteraction.adapt()`` touches no node and may run in a
+    # worker thread, ``finishInteraction`` writes the outputs (main thread). ``runInteraction`` does all three.
+
+    def prepareFrame(self, frameVolume, frameSegmentation, segmentId: str | None = None) -> PendingInteraction:
+        """Read a frame's nodes for :meth:`addFrame` (the checks that need no network happen here)."""
         from . import conversions
 
         session = self._requireSession()
         frame = conversions.frameFromNodes(frameVolume, frameSegmentation, segmentId)
-        try:
-            result = session.add_frames([frame])
-        except InputError as error:
-            raise InputError(f"{conversions.nodeName(frameVolume)}: {error}") from None
-        return self._afterInteraction(result)
+        pending = PendingInteraction(lambda: session.add_frames([frame]), conversions.nodeName(frameVolume))
+        pending.frame = frame
+        return pending
+
+    def runInteraction(self, pending: PendingInteraction) -> UpdateReport:
+        """Adapt and write the outputs of a prepared interaction, in the calling thread."""
+        pending.adapt()
+        return self.finishInteraction(pending)
+
+    def finishInteraction(self, pending: PendingInteraction) -> UpdateReport:
+        """Write the outputs of an adapted interaction (main thread) and report it.
+
+        Raises:
+            MetaRegistrationLib.errors.MetaRegistrationError: the adaptation's error, naming the node(s) at fault;
+                the session is then unchanged.
+        """
+        from MetaRegistrationLib.errors import InputError
+
+        if pending.error is not None:
+            raise InputError(f"{pending.description}: {pending.error}") from None
+        if pending.result is None:
+            raise RuntimeError("finishInteraction() before the interaction's adapt()")
+        self._givenLandmarkLabels += pending.newLandmarkLabels
+        return self._afterInteraction(pending.result, pending.unmatchedLabels)
 
     def addFrames(self, frames: Iterable, progress: Callable[[int, str], None] | None = None) -> list[UpdateReport]:
         """Add frames one at a time, as a sweep acquires them: ``frames`` yields ``(frameVolume, frameSegmentation)``.
@@ -348,6 +409,10 @@ class MetaRegistrationCoreLogic:
             MetaRegistrationLib.errors.MetaRegistrationError: naming the nodes when no label matches or every
                 matched pair was given before; the session is then unchanged.
         """
+        return self.runInteraction(self.prepareLandmarks(movingLandmarks, fixedLandmarks))
+
+    def prepareLandmarks(self, movingLandmarks, fixedLandmarks) -> PendingInteraction:
+        """Read the landmark pairs of :meth:`addLandmarks` (MR points in the MR's own coordinates, TRUS in world)."""
         from MetaRegistrationLib.errors import InputError
 
         from . import conversions
@@ -358,14 +423,12 @@ class MetaRegistrationCoreLogic:
         if not new:
             raise InputError(f"{conversions.nodeName(movingLandmarks)} and {conversions.nodeName(fixedLandmarks)}: "
                              f"no new landmark pair (already given: {', '.join(labels)})")
-        try:
-            result = session.add_landmarks(moving[new], fixed[new])
-        except InputError as error:
-            raise InputError(f"{conversions.nodeName(movingLandmarks)} / {conversions.nodeName(fixedLandmarks)} "
-                             f"(new pairs: {', '.join(labels[n] for n in new)}): {error}") from None
-        self._givenLandmarkLabels += [labels[n] for n in new]
+        movingNew, fixedNew = moving[new], fixed[new]
+        description = (f"{conversions.nodeName(movingLandmarks)} / {conversions.nodeName(fixedLandmarks)} "
+                       f"(new pairs: {', '.join(labels[n] for n in new)})")
         unmatched = [f"{label} (MR only)" for label in movingOnly] + [f"{label} (TRUS only)" for label in fixedOnly]
-        return self._afterInteraction(result, unmatched)
+        return PendingInteraction(lambda: session.add_landmarks(movingNew, fixedNew), description,
+                                  [labels[n] for n in new], unmatched)
 
     def reset(self) -> UpdateReport:
         """Forget every frame and landmark pair; the outputs return to the identity (no registration)."""
@@ -581,6 +644,27 @@ class MetaRegistrationCoreLogic:
             writer.writerow([_csvValue(column.GetValue(row)) for column in columns])
         write_text_atomic(path, buffer.getvalue())
         return Path(path)
+
+    @staticmethod
+    def saveNode(node, path: str | Path) -> Path:
+        """Write a node with its default storage node (format from the extension: ``.h5`` transform, ``.nrrd``
+        volume, ``.seg.nrrd``, ``.mrk.json``), atomically; the node keeps no reference to the file.
+
+        Raises:
+            MetaRegistrationLib.errors.MetaRegistrationError: naming the node and the file when writing fails.
+        """
+        from MetaRegistrationLib.errors import InputError
+        from MetaRegistrationLib.files import atomic_path
+
+        from . import conversions
+
+        path = Path(path)
+        with atomic_path(path) as temporary:
+            writer = node.CreateDefaultStorageNode()
+            writer.SetFileName(str(temporary))
+            if not writer.WriteData(node):
+                raise InputError(f"{conversions.nodeName(node)}: could not be written to {path}")
+        return path
 
     # --- batch evaluation ---------------------------------------------------------------------------------------
 

@@ -1,0 +1,414 @@
+"""``metareg app``: the interactive sweep in a web browser, on 3D Slicer's own views (trame-slicer).
+
+The page has a side panel (case, sweep, overlay, landmark pairs, evaluation, exports) and three Slicer views:
+the TRUS sagittal plane (the plane of the frames; it follows the last acquired frame), the TRUS axial plane
+(across the probe axis) and a 3D view. The TRUS is the background of the slice views, the registered MR the
+foreground (opacity slider); the warped MR gland (orange) shows as a contour against the TRUS gland of the acquired
+frames (green); the frames' planes, the gland surface and the landmarks show in 3D. Volume rendering is off: on a
+software renderer it would cost seconds per frame.
+
+Every action goes through :class:`MetaRegistrationWeb.workflow.SweepWorkflow`, hence the Slicer module's Logic.
+The gradient steps of an interaction run in a worker thread, so the page keeps answering (a progress bar shows)
+while the network adapts. Errors show in the page; the server keeps running.
+
+Element ids the browser tests use: ``acquire``, ``play``, ``reset``, ``place-mr``, ``place-trus``,
+``frames-acquired``, ``tre-value``, ``dsc-value``, ``status``, ``error``, ``case-id``, ``data-dir``, ``load-case``,
+``export-transform``, ``export-warped-mr``, ``export-table``, ``export-scene``; the views carry ``data-view``
+= ``sagittal``, ``axial`` or ``3d``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from MetaRegistrationLib.errors import MetaRegistrationError
+
+from . import workflow as workflow_module
+
+LOGGER = logging.getLogger(__name__)
+PLAY_PAUSE_SECONDS = 0.05
+"""Pause between frames while playing, so the views refresh between updates."""
+
+
+class MetaRegistrationWebApp:
+    """The trame server, the Slicer views and the side panel around one :class:`SweepWorkflow`.
+
+    Args:
+        dataDir, caseId: the case to open (``caseId`` defaults to the folder's first case); the synthetic phantom
+            when ``dataDir`` is None.
+        modelPath: the model; the bundled meta-initialisation when None.
+        server: a trame server (a new one when None).
+    """
+
+    def __init__(self, dataDir: str | None = None, caseId: str | None = None, modelPath: str | None = None,
+                 server=None):
+        from trame.app import get_server
+        from trame_slicer.core import LayoutManager, SlicerApp
+        from trame_slicer.rca_view import register_rca_factories
+
+        self.server = server or get_server(client_type="vue3")
+        self.state, self.ctrl = self.server.state, self.server.controller
+        self.slicerApp = SlicerApp()
+        register_rca_factories(self.slicerApp.view_manager, self.server)
+        self.layoutManager = LayoutManager(self.slicerApp.scene, self.slicerApp.view_manager, self.server)
+        self.layoutManager.register_layout_dict({"MetaRegistration": _layout()})
+        self.modelPath = modelPath
+        self.workflow: workflow_module.SweepWorkflow | None = None
+        self._playing = False
+        self._observations = []
+        self.state.update({
+            "trame__title": "MetaRegistration", "data_dir": dataDir or "", "case_id": caseId or "",
+            "case_label": "", "busy": False, "playing": False, "error": "", "status": "",
+            "frames_acquired": 0, "frames_total": 0, "registered": False, "opacity": 0.5, "rows": [],
+            "tre": "", "dsc": "", "plot": "", "pairs": [], "placing": "",
+        })
+        self.state.change("opacity")(self._onOpacity)
+        self.ctrl.on_client_connected.add(self._fitViews)
+        self._buildUi()
+        self.layoutManager.set_layout("MetaRegistration")
+        self._guarded(self._load, dataDir, caseId)
+
+    # --- case -----------------------------------------------------------------------------------------------------
+
+    def _load(self, dataDir: str | None, caseId: str | None) -> None:
+        """Open a case (the phantom when ``dataDir`` is empty); a bad case leaves the current one open."""
+        from MetaRegistrationLib.data import Dataset
+        from MetaRegistrationLib.errors import InputError
+        from MetaRegistrationLib.phantom import make_phantom_case
+
+        if dataDir:
+            dataset = Dataset(dataDir)
+            caseIds = dataset.case_ids()
+            if not caseIds:
+                raise InputError(f"{dataDir}: holds no case")
+            case = dataset.load(caseId or caseIds[0])
+            label = f"{case.case_id} ({dataDir})"
+        else:
+            case, _ = make_phantom_case(0)
+            label = "synthetic phantom"
+        scene = self.slicerApp.scene
+        self._stopObserving()
+        scene.Clear(False)  # views, slice nodes and the interaction node are singletons: they stay
+        self.workflow = None
+        self.workflow = workflow_module.SweepWorkflow(scene, case, self.modelPath)
+        for node in (self.workflow.mrPairPoints, self.workflow.trusPairPoints):
+            node.SetControlPointLabelFormat("P%d")  # the n-th MR point pairs with the n-th TRUS point
+            self._observations.append((node, node.AddObserver(node.PointPositionDefinedEvent, self._onPointPlaced)))
+        self._showCase()
+        self.state.update({"case_label": label, "case_id": case.case_id if dataDir else "", "error": ""})
+        self._refresh(self.workflow.logic.statusText)
+
+    def _stopObserving(self) -> None:
+        for node, tag in self._observations:
+            node.RemoveObserver(tag)
+        self._observations = []
+
+    def _showCase(self) -> None:
+        """TRUS in the background of the slice views, oriented on the TRUS axes; the registered MR in the foreground
+        once it exists; models, segmentations and markups in their views."""
+        nodes = self.workflow.nodes
+        for name in ("MR", "MR segmentation", "TRUS segmentation", "MR labelmap", "TRUS labelmap"):
+            for n in range(nodes[name].GetNumberOfDisplayNodes()):
+                nodes[name].GetNthDisplayNode(n).SetVisibility(False)
+        self.slicerApp.display_manager.show_volume_in_slice_background(nodes["TRUS"])
+        grid = self.workflow.case.fixed_image.grid
+        axes = workflow_module.trusViewAxes(grid)
+        for view in self.slicerApp.view_manager.get_slice_views():
+            normal, transverse = axes[view.get_singleton_tag()]
+            view.get_view_node().SetSliceToRASByNTP(*normal, *transverse, *axes["centre"], 0)
+        self._fitViews()
+
+    def _fitViews(self, *_) -> None:
+        """Fit the views to the TRUS (again when a page connects: a view's size is known only then)."""
+        for view in self.slicerApp.view_manager.get_slice_views():
+            view.fit_view_to_content()
+            view.schedule_render()
+        for view in self.slicerApp.view_manager.get_threed_views():
+            view.reset_view()
+
+    def _showRegisteredMr(self) -> None:
+        volume = self.workflow.logic.outputVolumeNode
+        for view in self.slicerApp.view_manager.get_slice_views():
+            if view.get_foreground_volume_id() != volume.GetID():
+                view.set_foreground_volume_id(volume.GetID())
+            view.set_foreground_opacity(float(self.state.opacity))
+
+    def _onOpacity(self, opacity, **_):
+        for view in self.slicerApp.view_manager.get_slice_views():
+            view.set_foreground_opacity(float(opacity))
+
+    # --- interactions ---------------------------------------------------------------------------------------------
+
+    async def acquireNextFrame(self) -> None:
+        """Acquire the next frame of the sweep and adapt (the button)."""
+        if self.state.busy or self.workflow is None:
+            return
+        await self._interact(self.workflow.prepareNextFrame)
+
+    async def togglePlay(self) -> None:
+        """Play: acquire frame after frame until the sweep ends or pause is pressed."""
+        self._playing = not self._playing
+        self.state.playing = self._playing
+        while self._playing and self.workflow is not None and self.workflow.framesLeft:
+            if not self.state.busy:
+                await self._interact(self.workflow.prepareNextFrame)
+            await asyncio.sleep(PLAY_PAUSE_SECONDS)
+        self._playing = False
+        self.state.playing = False
+
+    async def _interact(self, prepare) -> None:
+        """Prepare (main thread), adapt (worker thread), write the outputs (main thread), refresh the page."""
+        self.state.update({"busy": True, "error": ""})
+        self.state.flush()
+        try:
+            pending = prepare()
+            await asyncio.to_thread(pending.adapt)
+            report = self.workflow.finish(pending)
+            if self.workflow.registered:
+                self._showRegisteredMr()
+            if pending.frame is not None:
+                self._followFrame(pending.frame)
+            self._refresh(report.status)
+        except MetaRegistrationError as error:
+            self._showError(error)
+        except Exception as error:  # a bug: say so in the page, keep serving
+            LOGGER.exception("interaction failed")
+            self._showError(error)
+        finally:
+            self.state.busy = False
+            self.state.flush()
+
+    def _followFrame(self, frame) -> None:
+        """Move the sagittal view onto the frame just acquired."""
+        from MetaRegistrationSlicer.conversions import lpsToRas
+
+        centre = lpsToRas(frame.pose[:3, 3] + frame.pose[:3, :2] @ (np.array(frame.shape[::-1]) - 1) / 2)
+        for view in self.slicerApp.view_manager.get_slice_views():
+            if view.get_singleton_tag() == "sagittal":
+                view.get_view_node().JumpSliceByOffsetting(*centre)
+
+    def reset(self) -> None:
+        if self.state.busy or self.workflow is None:
+            return
+        self._guarded(lambda: self._refresh(self.workflow.reset().status))
+
+    def placePoint(self, side: str) -> None:
+        """Enter place mode for one point of a pair: ``side`` is "mr" (click on the registered MR) or "trus"."""
+        if self.workflow is None:
+            return
+        if side == "mr" and not self.workflow.registered:
+            self._showError("place the MR point on the registered MR: acquire 2 frames first")
+            return
+        node = self.workflow.mrPairPoints if side == "mr" else self.workflow.trusPairPoints
+        self.slicerApp.markups_logic.place_node(node, persistent=False)
+        self.state.placing = side
+
+    def _onPointPlaced(self, *_):
+        """A point was clicked: when it completes a pair, the pair is an interaction."""
+        self.state.placing = ""
+        self.state.pairs = self._pairRows()
+        if self.workflow.hasNewPair() and not self.state.busy:
+            asyncio.ensure_future(self._interact(self.workflow.preparePair))
+        self.state.flush()
+
+    def load(self) -> None:
+        """The Load button: the case of the data folder and case ID fields (the phantom with no folder)."""
+        if self.state.busy:
+            return
+        self._guarded(self._load, self.state.data_dir.strip() or None, self.state.case_id.strip() or None)
+
+    async def export(self, what: str):
+        """Bytes of an export (:data:`workflow.EXPORTS`) for the browser's download."""
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                path = self.workflow.export(what, folder)
+                return self.server.protocol.addAttachment(path.read_bytes())
+        except MetaRegistrationError as error:
+            self._showError(error)
+            self.state.flush()
+            return None
+
+    # --- page state -----------------------------------------------------------------------------------------------
+
+    def _guarded(self, action, *args) -> None:
+        try:
+            action(*args)
+        except MetaRegistrationError as error:
+            self._showError(error)
+        except Exception as error:
+            LOGGER.exception("action failed")
+            self._showError(error)
+
+    def _showError(self, error) -> None:
+        text = str(error)
+        self.state.error = text[:1].upper() + text[1:]
+        self.state.status = "Error: see the message"
+
+    def _refresh(self, status: str) -> None:
+        """Copy the workflow's read-outs into the page state."""
+        flow = self.workflow
+        rows = flow.rows()
+        last = rows[-1] if rows else None
+        self.state.update({
+            "status": status, "frames_acquired": flow.framesAcquired,
+            "frames_total": flow.framesAcquired + flow.framesLeft, "registered": flow.registered,
+            "rows": [{"frames": r["frames"], "updates": r["updates"], "pairs": r["landmark_pairs"],
+                      "tre": f"{r['tre_mm']:.3f}", "dsc": f"{r['dsc']:.4f}", "seconds": f"{r['seconds']:.2f}"}
+                     for r in rows],
+            "tre": f"{last['tre_mm']:.3f}" if last else "", "dsc": f"{last['dsc']:.4f}" if last else "",
+            "plot": _plotDataUrl(rows), "pairs": self._pairRows(),
+        })
+
+    def _pairRows(self) -> list[dict]:
+        given = set(self.workflow.logic.givenLandmarkLabels)
+
+        def text(point):
+            return "" if point is None else ", ".join(f"{value:.4f}" for value in point)
+
+        return [{"label": p["label"], "mr": text(p["mr"]), "trus": text(p["trus"]),
+                 "used": "yes" if p["label"] in given else "no"} for p in self.workflow.pairs()]
+
+    # --- page -----------------------------------------------------------------------------------------------------
+
+    def _buildUi(self) -> None:
+        from trame.widgets import html
+        from trame.widgets import vuetify3 as v3
+        from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout
+
+        with SinglePageWithDrawerLayout(self.server, full_height=True) as layout:
+            layout.title.set_text("MetaRegistration: MR to live TRUS")
+            with layout.toolbar:
+                v3.VSpacer()
+                html.Span("{{ case_label }}", classes="text-body-2 mr-4")
+            with layout.drawer as drawer:
+                drawer.width = 420
+                with html.Div(classes="pa-3 text-body-2"):
+                    self._casePanel(v3, html)
+                    self._sweepPanel(v3, html)
+                    self._pairPanel(v3, html)
+                    self._evaluationPanel(v3, html)
+            with layout.content:
+                with html.Div(style="position: relative; width: 100%; height: calc(100vh - 64px);"
+                                    "display: flex;"):
+                    self.layoutManager.initialize_layout_grid(layout)
+        self.ui = layout
+
+    def _casePanel(self, v3, html) -> None:
+        html.Div("Case", classes="text-subtitle-1")
+        v3.VTextField(v_model=("data_dir",), label="Data folder (empty: phantom)", density="compact",
+                      hide_details=True, id="data-dir")
+        with html.Div(classes="d-flex align-center mt-1"):
+            v3.VTextField(v_model=("case_id",), label="Case ID", density="compact", hide_details=True, id="case-id")
+            v3.VBtn("Load", click=self.load, disabled=("busy",), classes="ml-2", id="load-case")
+        v3.VAlert(v_if=("error",), text=("error",), type="error", density="compact", classes="mt-2", id="error",
+                  closable=True, click_close="error = ''")
+
+    def _sweepPanel(self, v3, html) -> None:
+        html.Div("Sweep", classes="text-subtitle-1 mt-3")
+        with html.Div(classes="d-flex align-center"):
+            v3.VBtn("Acquire next frame", click=self.acquireNextFrame, color="primary", id="acquire",
+                    disabled=("busy || playing || frames_acquired >= frames_total",))
+            v3.VBtn(text=("playing ? 'Pause' : 'Play'",), click=self.togglePlay, classes="ml-2", id="play",
+                    disabled=("!playing && frames_acquired >= frames_total",))
+            v3.VBtn("Reset", click=self.reset, classes="ml-2", variant="outlined", id="reset",
+                    disabled=("busy || playing",))
+        html.Div("Frames acquired: <span id='frames-acquired'>{{ frames_acquired }}</span> / {{ frames_total }}",
+                 classes="mt-2")
+        v3.VProgressLinear(indeterminate=("busy",), model_value=0, color="primary", classes="my-1", id="busy")
+        html.Div("{{ status }}", id="status", classes="text-caption")
+        v3.VSlider(v_model=("opacity",), min=0, max=1, step=0.05, label="MR overlay", density="compact",
+                   hide_details=True, classes="mt-2")
+
+    def _pairPanel(self, v3, html) -> None:
+        html.Div("Landmark pairs", classes="text-subtitle-1 mt-3")
+        html.Div("Click 'MR point' then a feature on the registered MR, 'TRUS point' then the same feature on the "
+                 "TRUS. A complete pair refines the registration.", classes="text-caption")
+        with html.Div(classes="d-flex align-center mt-1"):
+            v3.VBtn("MR point", click=(self.placePoint, "['mr']"), disabled=("busy || !registered",), id="place-mr",
+                    color=("placing === 'mr' ? 'amber' : undefined",))
+            v3.VBtn("TRUS point", click=(self.placePoint, "['trus']"), disabled=("busy",), id="place-trus",
+                    classes="ml-2", color=("placing === 'trus' ? 'light-blue' : undefined",))
+        with v3.VTable(density="compact", v_if=("pairs.length",), id="pairs"):
+            with html.Tbody():
+                with html.Tr(v_for="p in pairs", key="p.label"):
+                    html.Td("{{ p.label }}")
+                    html.Td("MR {{ p.mr }}", classes="pair-mr")
+                    html.Td("TRUS {{ p.trus }}", classes="pair-trus")
+                    html.Td("{{ p.used === 'yes' ? 'used' : 'waiting' }}")
+
+    def _evaluationPanel(self, v3, html) -> None:
+        html.Div("Evaluation (case landmarks, never used by the registration)", classes="text-subtitle-1 mt-3")
+        html.Div("TRE <b id='tre-value'>{{ tre }}</b> mm, DSC <b id='dsc-value'>{{ dsc }}</b>",
+                 v_if=("tre",))
+        with v3.VTable(density="compact", id="sweep-table", height=200, fixed_header=True):
+            with html.Thead():
+                with html.Tr():
+                    for title in ("frames", "updates", "pairs", "TRE mm", "DSC", "s"):
+                        html.Th(title)
+            with html.Tbody():
+                with html.Tr(v_for="r in rows", key="r.updates"):
+                    for key in ("frames", "updates", "pairs", "tre", "dsc", "seconds"):
+                        html.Td(f"{{{{ r.{key} }}}}")
+        html.Img(src=("plot",), v_if=("plot",), style="width: 100%;", id="plot")
+        with html.Div(classes="d-flex flex-wrap mt-2"):
+            for what, filename in workflow_module.EXPORTS.items():
+                trigger = self.ctrl.trigger_name(self.export)
+                v3.VBtn(filename, size="small", variant="tonal", classes="mr-1 mb-1", id=f"export-{what}",
+                        prepend_icon="mdi-download",
+                        disabled=("!registered",) if what in ("transform", "warped-mr") else False,
+                        click=f"utils.download('{filename}', trigger('{trigger}', ['{what}']), "
+                              "'application/octet-stream')")
+
+
+def _layout():
+    """TRUS sagittal (large, left), TRUS axial and 3D (right)."""
+    from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
+
+    sagittal = ViewLayoutDefinition.slice_view("Sagittal", label="sagittal", color="#EFD64D")
+    axial = ViewLayoutDefinition.slice_view("Axial", label="axial", color="#F34A33")
+    threeD = ViewLayoutDefinition.threed_view(label="3d")
+    return Layout(LayoutDirection.Horizontal, [sagittal, Layout(LayoutDirection.Vertical, [axial, threeD])],
+                  flex_sizes=["3", "2"])
+
+
+def _plotDataUrl(rows: list[dict]) -> str:
+    """TRE and DSC against frames as a PNG data URL ("" with no row)."""
+    if not rows:
+        return ""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames = [r["frames"] + 0.1 * r["landmark_pairs"] for r in rows]
+    figure, treAxis = plt.subplots(figsize=(4.2, 2.2), dpi=100)
+    treAxis.plot(frames, [r["tre_mm"] for r in rows], "o-", color="tab:red")
+    treAxis.set_xlabel("frames acquired")
+    treAxis.set_ylabel("TRE (mm)", color="tab:red")
+    dscAxis = treAxis.twinx()
+    dscAxis.plot(frames, [r["dsc"] for r in rows], "s--", color="tab:blue")
+    dscAxis.set_ylabel("DSC", color="tab:blue")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def main(dataDir: str | None, caseId: str | None, modelPath: str | None, port: int) -> int:
+    """Serve the app on 127.0.0.1:``port`` until interrupted (the ``metareg app`` command)."""
+    import os
+
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    sys.argv = sys.argv[:1]  # trame reads its own options from the command line; ours are parsed already
+    app = MetaRegistrationWebApp(dataDir, caseId, modelPath)
+    app.server.start(port=port, host="127.0.0.1", open_browser=False, timeout=0)
+    return 0

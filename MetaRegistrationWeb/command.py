@@ -1,0 +1,30 @@
+"""``metareg app [--data DIR --case ID] [--port N] [--model PATH]``: serve the web app on 127.0.0.1.
+
+With no ``--data`` it opens the synthetic phantom case. trame-slicer is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_PORT = 8080
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="data folder in the layout of mrus-prostate (default: the synthetic phantom)")
+    parser.add_argument("--case", help="case ID in --data (default: its first case)")
+    parser.add_argument("--model", help="model stem (NAME of NAME.safetensors + NAME.json; default: bundled)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default {DEFAULT_PORT})")
+
+
+def run(args: argparse.Namespace) -> int:
+    from MetaRegistrationLib.errors import InputError
+
+    if args.case and not args.data:
+        raise InputError("--case needs --data (the folder the case is in)")
+    try:
+        from . import app
+    except ImportError as error:
+        raise InputError(f"the web app needs trame-slicer ({error}); install it with: pip install -e '.[app]'") \
+            from None
+    return app.main(args.data, args.case, args.model, args.port)

@@ -1,0 +1,144 @@
+"""The web app's workflow (MetaRegistrationWeb.workflow) on slicer-core's MRML, without a browser."""
+
+from __future__ import annotations
+
+import csv
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+slicer = pytest.importorskip("slicer", reason="slicer-core (3D Slicer's MRML as a wheel) is not installed")
+import vtk  # noqa: E402
+
+from MetaRegistrationLib.adaptation import AdaptationSettings  # noqa: E402
+from MetaRegistrationLib.errors import InputError  # noqa: E402
+from MetaRegistrationLib.models import save_model  # noqa: E402
+from MetaRegistrationLib.network import NetworkConfig, RegistrationNet  # noqa: E402
+from MetaRegistrationLib.phantom import make_phantom_case  # noqa: E402
+from MetaRegistrationLib.registration import sweep_frames  # noqa: E402
+from MetaRegistrationWeb.workflow import EXPORTS, SweepWorkflow, trusViewAxes  # noqa: E402
+from MetaRegistrationSlicer import conversions  # noqa: E402
+from MetaRegistrationSlicer.logic import SWEEP_COLUMNS  # noqa: E402
+
+FRAMES = 4
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    save_model(path, RegistrationNet(NetworkConfig(num_channel_initial=4)), AdaptationSettings())
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_phantom():
+    return make_phantom_case(seed=1, scale=0.5)[0]
+
+
+@pytest.fixture
+def workflow(mrml_scene, small_phantom, tiny_model) -> SweepWorkflow:
+    return SweepWorkflow(mrml_scene, small_phantom, tiny_model, frameCount=FRAMES)
+
+
+def place(node, label: str, ras) -> None:
+    node.AddControlPointWorld(vtk.vtkVector3d(*ras), label)
+
+
+def test_the_sweep_goes_frame_by_frame_through_the_logic(workflow, small_phantom):
+    assert (workflow.framesAcquired, workflow.framesLeft, workflow.registered) == (0, FRAMES, False)
+    first = workflow.acquireNextFrame()
+    assert not first.registered and workflow.rows() == []
+    reports = [workflow.acquireNextFrame() for _ in range(FRAMES - 1)]
+    assert [r.updates for r in reports] == list(range(1, FRAMES))
+    rows = workflow.rows()
+    assert [row["frames"] for row in rows] == list(range(2, FRAMES + 1))
+    assert set(rows[0]) == set(SWEEP_COLUMNS) and all(np.isfinite(row["tre_mm"]) for row in rows)
+    # What the views show of the sweep: the acquired gland and one quad per frame plane, on the frames' planes.
+    assert workflow.acquiredGland.GetSegmentation().GetNumberOfSegments() == 1
+    planes = workflow.framePlanes.GetPolyData()
+    assert planes.GetNumberOfCells() == FRAMES
+    frames = sweep_frames(small_phantom, FRAMES)
+    corner = conversions.rasToLps(planes.GetPoint(0))
+    np.testing.assert_allclose(corner, frames[0].pose[:3, 3], atol=1e-6)
+    # The registered MR's landmarks follow the output transform.
+    assert workflow.nodes["MR points"].GetTransformNodeID() == workflow.logic.outputTransformNode.GetID()
+    with pytest.raises(InputError, match="sweep is complete"):
+        workflow.prepareNextFrame()
+
+
+def test_a_clicked_pair_is_an_interaction_and_labels_pair_up(workflow):
+    for _ in range(2):
+        workflow.acquireNextFrame()
+    assert workflow.nextPairLabel() == "P1" and not workflow.hasNewPair()
+    trus = workflow.nodes["TRUS points"]
+    target = trus.GetNthControlPointPositionWorld(0)
+    place(workflow.trusPairPoints, "P1", target)
+    assert not workflow.hasNewPair()  # half a pair
+    place(workflow.mrPairPoints, "P1", target)  # clicked on the registered MR: stored in MR coordinates
+    pair = workflow.pairs()[0]
+    expected_mr = workflow.logic.lastTransform.map_points(conversions.rasToLps(target)[None])[0]
+    np.testing.assert_allclose(pair["mr"], expected_mr, atol=0.05)
+    assert workflow.hasNewPair() and workflow.nextPairLabel() == "P2"
+    report = workflow.run(workflow.preparePair())
+    assert (report.landmarkPairs, report.updates) == (1, 2)
+    assert workflow.rows()[-1]["landmark_pairs"] == 1 and not workflow.hasNewPair()
+    with pytest.raises(InputError, match="no new landmark pair"):
+        workflow.preparePair()
+
+
+def test_adaptation_runs_in_a_worker_thread_without_touching_the_scene(workflow, mrml_scene):
+    workflow.acquireNextFrame()
+    pending = workflow.prepareNextFrame()
+    nodes_before = mrml_scene.GetNumberOfNodes()
+    modified_before = mrml_scene.GetMTime()
+    worker = threading.Thread(target=pending.adapt)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive() and pending.result is not None
+    assert (mrml_scene.GetNumberOfNodes(), mrml_scene.GetMTime()) == (nodes_before, modified_before)
+    assert workflow.finish(pending).registered
+
+
+def test_exports_are_written_and_read_back(workflow, mrml_scene, tmp_path):
+    with pytest.raises(InputError, match="nothing to export yet"):
+        workflow.export("transform", tmp_path)
+    for _ in range(2):
+        workflow.acquireNextFrame()
+    paths = {what: workflow.export(what, tmp_path) for what in EXPORTS}
+    assert {path.name for path in paths.values()} == set(EXPORTS.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(EXPORTS.values())  # no temporary left
+    with open(paths["table"]) as table:
+        assert [float(row["frames"]) for row in csv.DictReader(table)] == [2]
+    transform = mrml_scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "read")
+    reader = transform.CreateDefaultStorageNode()
+    reader.SetFileName(str(paths["transform"]))
+    assert reader.ReadData(transform)
+    grid = workflow.case.fixed_image.grid
+    probe = grid.world_points().reshape(-1, 3)[::997]
+    np.testing.assert_allclose(conversions.transformFromNode(transform, grid).map_points(probe),
+                               workflow.logic.lastTransform.map_points(probe), atol=1e-3)
+    with pytest.raises(InputError, match="unknown export"):
+        workflow.export("everything", tmp_path)
+
+
+def test_reset_forgets_frames_and_pairs(workflow):
+    for _ in range(2):
+        workflow.acquireNextFrame()
+    place(workflow.trusPairPoints, "P1", (0, 0, 0))
+    workflow.reset()
+    assert (workflow.framesAcquired, workflow.rows(), workflow.pairs()) == (0, [], [])
+    assert workflow.framePlanes.GetPolyData().GetNumberOfCells() == 0
+    assert workflow.acquireNextFrame().frames == 1
+
+
+def test_the_sagittal_view_looks_along_the_sweep(small_phantom):
+    axes = trusViewAxes(small_phantom.fixed_image.grid)
+    frame = sweep_frames(small_phantom, 2)[0]
+    normal_ras = conversions.lpsToRas(frame.normal)
+    assert abs(np.dot(axes["sagittal"][0], normal_ras)) == pytest.approx(1.0, abs=1e-9)
+    assert abs(np.dot(axes["axial"][0], normal_ras)) == pytest.approx(0.0, abs=1e-9)
