@@ -131,8 +131,17 @@ class MetaRegistrationWebApp:
         for view in self.slicerApp.view_manager.get_slice_views():
             view.fit_view_to_content()
             view.schedule_render()
+        self._fitThreeD()
+
+    def _fitThreeD(self) -> None:
+        """Frame what the 3D view holds, seen obliquely (the frame planes would be edge-on or face-on otherwise)."""
         for view in self.slicerApp.view_manager.get_threed_views():
             view.reset_view()
+            camera = view.renderer().GetActiveCamera()
+            camera.Azimuth(40)
+            camera.Elevation(25)
+            view.renderer().ResetCamera()
+            view.schedule_render()
 
     def _showRegisteredMr(self) -> None:
         volume = self.workflow.logic.outputVolumeNode
@@ -171,9 +180,12 @@ class MetaRegistrationWebApp:
         try:
             pending = prepare()
             await asyncio.to_thread(pending.adapt)
+            firstRegistration = not self.workflow.registered
             report = self.workflow.finish(pending)
             if self.workflow.registered:
                 self._showRegisteredMr()
+                if firstRegistration:
+                    self._fitThreeD()
             if pending.frame is not None:
                 self._followFrame(pending.frame)
             self._refresh(report.status)
@@ -289,7 +301,7 @@ class MetaRegistrationWebApp:
                 v3.VSpacer()
                 html.Span("{{ case_label }}", classes="text-body-2 mr-4")
             with layout.drawer as drawer:
-                drawer.width = 420
+                drawer.width = 460
                 with html.Div(classes="pa-3 text-body-2"):
                     self._casePanel(v3, html)
                     self._sweepPanel(v3, html)

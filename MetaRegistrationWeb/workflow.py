@@ -62,8 +62,11 @@ class SweepWorkflow:
         self.acquiredGland.GetDisplayNode().SetOpacity2DFill(0.25)
         self.framePlanes = scene.AddNewNodeByClass("vtkMRMLModelNode", "Acquired frame planes")
         self.framePlanes.CreateDefaultDisplayNodes()
-        self.framePlanes.GetDisplayNode().SetColor(0.3, 0.8, 1.0)
-        self.framePlanes.GetDisplayNode().SetOpacity(0.35)
+        # Opaque outlines: translucent surfaces are not drawn by the web app's software renderer.
+        planesDisplay = self.framePlanes.GetDisplayNode()
+        planesDisplay.SetColor(0.3, 0.8, 1.0)
+        planesDisplay.SetRepresentation(planesDisplay.WireframeRepresentation)
+        planesDisplay.SetLineWidth(2)
         self.logic.startSession(self.nodes["MR"], self.nodes["MR segmentation"], self.nodes["TRUS"],
                                 modelPath=str(modelPath) if modelPath else None, resampleVolume=True)
         self.logic.trackSweep(self.nodes["MR points"], self.nodes["TRUS points"], self.nodes["TRUS segmentation"])
@@ -147,7 +150,8 @@ class SweepWorkflow:
         display = segmentationNode.GetDisplayNode()
         display.SetVisibility2DFill(False)
         display.SetSliceIntersectionThickness(2)
-        display.SetOpacity3D(0.45)  # the frame planes and landmarks stay visible through the gland
+        for node in (self.nodes["MR points"], self.nodes["TRUS points"], self.mrPairPoints, self.trusPairPoints):
+            node.GetDisplayNode().SetOccludedVisibility(True)  # landmarks inside the gland surface stay visible
 
     # --- landmark pairs -------------------------------------------------------------------------------------------
 
