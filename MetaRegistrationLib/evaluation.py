@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from .data import Dataset
-from .metrics import evaluate_transform
-from .registration import run_method
+from .geometry import weighted_centroid
+from .metrics import evaluate_transform, point_errors, rms
+from .registration import SWEEP_FRAMES, run_method, run_sweep, sweep_frames, sweep_session
 
+PAIR_COLUMNS = ("case", "pairs", "held_out", "frames", "tre_frames_mm", "tre_pairs_mm", "seconds")
 CASE_COLUMNS = ("case", "method", "frames", "updates", "tre_mm", "dsc", "fold_pct", "seconds")
 SUMMARY_COLUMNS = ("method", "frames", "n", "median_tre_mm", "mean_tre_mm", "sd_tre_mm", "mean_dsc", "sd_dsc")
 
@@ -68,6 +70,55 @@ def evaluate_cases(dataset: Dataset, case_ids: Sequence[str], method: str, frame
             rows.append(CaseRow(case_id, label or method, result.frames, result.updates, metrics.tre_mm, metrics.dsc,
                                 metrics.fold_pct, result.seconds, metrics.hd95_mm,
                                 tuple(float(e) for e in metrics.landmark_errors_mm)))
+        if progress is not None:
+            progress(case_id)
+    return rows
+
+
+@dataclass
+class PairRow:
+    """The annotation scenario on one case: TRE on the held-out landmarks after the sweep, and after ``pairs``
+    landmark pairs were added (``seconds``: the last pair's interaction)."""
+
+    case: str
+    pairs: int
+    held_out: int
+    frames: int
+    tre_frames_mm: float
+    tre_pairs_mm: float
+    seconds: float
+
+
+def evaluate_landmark_pairs(dataset: Dataset, case_ids: Sequence[str], pair_counts: Sequence[int] = (1,),
+                            model_path: str | Path | None = None, frames: int = SWEEP_FRAMES,
+                            progress: Callable[[str], None] | None = None) -> list[PairRow]:
+    """What clinician landmark pairs buy after a sweep of ``frames`` frames (``method`` "meta").
+
+    The clinician adds pairs one at a time, each an interaction: here the centroids of the case's landmark labels
+    1, 2, ... in order. TRE (RMS) is measured on the landmarks not given, before and after the pairs, so a pair is
+    never scored on itself. A case is left out of a pair count that leaves no landmark to hold out.
+    """
+    counts = sorted(set(pair_counts))
+    if not counts or counts[0] < 1:
+        raise ValueError(f"pair counts must be >= 1, got {list(pair_counts)}")
+    rows = []
+    for case_id in case_ids:
+        case = dataset.load(case_id)
+        moving = np.array([weighted_centroid(c, case.moving_labels.grid) for c in case.moving_labels.array[1:]])
+        fixed = np.array([weighted_centroid(c, case.fixed_labels.grid) for c in case.fixed_labels.array[1:]])
+        session = sweep_session(case, None if model_path is None else Path(model_path))
+        after_sweep = list(run_sweep(session, sweep_frames(case, frames)))[-1]
+        given = 0
+        for count in counts:
+            if count >= len(fixed):
+                break
+            while given < count:
+                result = session.add_landmarks(moving[given][None], fixed[given][None])
+                given += 1
+            held = slice(count, None)
+            rows.append(PairRow(case_id, count, len(fixed) - count, frames,
+                                rms(point_errors(after_sweep.transform, fixed[held], moving[held])),
+                                rms(point_errors(result.transform, fixed[held], moving[held])), result.seconds))
         if progress is not None:
             progress(case_id)
     return rows

@@ -93,19 +93,24 @@ def _untrained_model():
     return RegistrationNet(), AdaptationSettings(), {}
 
 
+def sweep_session(case: Case, model_path: Path | None, adapt: bool = True, untrained: bool = False
+                  ) -> AdaptationSession:
+    """A session for ``case`` with the model at ``model_path`` (the bundled one when None; a randomly initialised
+    network when ``untrained``); ``adapt=False`` runs no gradient step. The session takes the MR gland (channel 0)
+    only: no landmark label leaks into the registration."""
+    network, settings, _ = _untrained_model() if untrained else _cached_model(model_path)
+    if not adapt:
+        settings = dataclasses.replace(settings, updates_per_interaction=0)
+    return AdaptationSession(network, case.moving_image, case.moving_labels, case.fixed_image.grid, settings=settings)
+
+
 def _sweep_method(adapt: bool, untrained: bool = False) -> MethodFunction:
     def run(case: Case, frame_counts: Sequence[int], model_path: Path | None) -> Iterator[MethodResult]:
         counts = sorted(set(frame_counts)) or [SWEEP_FRAMES]
         if counts[0] < F_MIN:
             raise InputError(f"a sweep method registers from {F_MIN} frames on; frame counts {counts} start lower")
-        network, settings, _ = _untrained_model() if untrained else _cached_model(model_path)
-        if not adapt:
-            settings = dataclasses.replace(settings, updates_per_interaction=0)
-        frames = sweep_frames(case, counts[-1])
-        # Only the gland label (channel 0) of the MR is given to the session: no landmark leaks in.
-        session = AdaptationSession(network, case.moving_image, case.moving_labels, case.fixed_image.grid,
-                                    settings=settings)
-        for result in run_sweep(session, frames):
+        session = sweep_session(case, model_path, adapt, untrained)
+        for result in run_sweep(session, sweep_frames(case, counts[-1])):
             if result.frames in counts:
                 yield MethodResult(result.transform, result.seconds, result.frames, result.updates)
 

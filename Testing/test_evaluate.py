@@ -135,3 +135,51 @@ def test_label_names_the_method_in_the_tables(synthetic_dataset, tmp_path):
                  "--label", "world-as-stored", "--out", str(out)]) == 0
     assert read_csv(out / "cases.csv")[0]["method"] == "world-as-stored"
     assert read_csv(out / "summary.csv")[0]["method"] == "world-as-stored"
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_landmark_pairs_are_scored_on_held_out_landmarks_only(synthetic_dataset, tmp_path, capsys):
+    """``metareg pairs``: landmark 1 is given as a pair after the sweep, TRE is measured on landmark 2; a count that
+    leaves nothing to hold out (2 of 2) is reported, not scored."""
+    import torch
+
+    from MetaRegistrationLib.adaptation import AdaptationSettings
+    from MetaRegistrationLib.data import Dataset
+    from MetaRegistrationLib.evaluation import PAIR_COLUMNS, evaluate_cases
+    from MetaRegistrationLib.models import save_model
+    from MetaRegistrationLib.network import NetworkConfig, RegistrationNet
+
+    torch.manual_seed(0)
+    model = tmp_path / "tiny"
+    save_model(model, RegistrationNet(NetworkConfig(num_channel_initial=4)),
+               AdaptationSettings(landmark_weight=1.0))
+    out = tmp_path / "pairs"
+    assert main(["pairs", "--data", str(synthetic_dataset), "--pairs", "1,2", "--frames", "3", "--model", str(model),
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "no case has a landmark left to hold out" in printed
+    rows = read_csv(out / "pairs.csv")
+    assert list(rows[0]) == list(PAIR_COLUMNS)
+    assert [(row["case"], row["pairs"], row["held_out"]) for row in rows] == [("a", "1", "1"), ("b", "1", "1")]
+    # Before the pair: the error of landmark 2 alone after the same sweep (metareg evaluate --method meta).
+    sweep = evaluate_cases(Dataset(synthetic_dataset), ["a"], "meta", [3], model)[0]
+    assert float(rows[0]["tre_frames_mm"]) == pytest.approx(sweep.landmark_errors_mm[1], abs=1e-4)
+    assert float(rows[0]["tre_pairs_mm"]) != pytest.approx(float(rows[0]["tre_frames_mm"]), abs=1e-6)
+    assert main(["pairs", "--data", str(synthetic_dataset), "--frames", "1", "--out", str(out)]) == 2
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_adaptation_settings_can_be_overridden_for_an_evaluation(synthetic_dataset, tmp_path):
+    """``--adapt updates_per_interaction=0`` turns ``meta`` into ``meta-noadapt``; a bad name is refused."""
+    runs = {}
+    for name, extra in (("noadapt", ["--method", "meta-noadapt"]),
+                        ("zero-updates", ["--method", "meta", "--adapt", "updates_per_interaction=0"]),
+                        ("meta", ["--method", "meta"])):
+        assert main(["evaluate", "--data", str(synthetic_dataset), "--cases", "a", "--frames", "3", *extra,
+                     "--out", str(tmp_path / name)]) == 0
+        runs[name] = read_csv(tmp_path / name / "cases.csv")[0]
+    assert runs["zero-updates"]["updates"] == "0" and runs["meta"]["updates"] == "2"
+    assert float(runs["zero-updates"]["tre_mm"]) == pytest.approx(float(runs["noadapt"]["tre_mm"]), abs=1e-6)
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--data", str(synthetic_dataset), "--method", "meta", "--adapt", "speed=11",
+              "--out", str(tmp_path / "bad")])

@@ -14,13 +14,14 @@ from MetaRegistrationLib.errors import MetaRegistrationError
 
 from MetaRegistrationWeb import command as app_command
 
-from . import benchmark, compare, demo, evaluate
+from . import benchmark, compare, demo, evaluate, pairs
 
 SUBCOMMANDS = {
     "demo": (demo, "register one case (the built-in phantom by default) and draw a figure"),
     "evaluate": (evaluate, "batch evaluation: TRE, DSC and folding per case, summary, report and box plots"),
     "benchmark": (benchmark, "time adaptation updates and predictions"),
     "compare": (compare, "paired Wilcoxon test of two evaluations' per-case TRE and DSC"),
+    "pairs": (pairs, "what clinician landmark pairs buy after a sweep: TRE on held-out landmarks"),
     "app": (app_command, "the interactive sweep in a web browser (trame-slicer), on the Slicer module's Logic"),
 }
 

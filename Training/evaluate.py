@@ -8,9 +8,11 @@ if anything fails, not at all.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import shlex
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +22,7 @@ matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from MetaRegistrationLib.adaptation import AdaptationSettings  # noqa: E402
 from MetaRegistrationLib.data import Dataset, default_data_dir  # noqa: E402
 from MetaRegistrationLib.errors import InputError  # noqa: E402
 from MetaRegistrationLib.evaluation import (  # noqa: E402
@@ -32,6 +35,7 @@ from MetaRegistrationLib.evaluation import (  # noqa: E402
     to_csv,
 )
 from MetaRegistrationLib.files import staged_outputs  # noqa: E402
+from MetaRegistrationLib.models import BUNDLED_MODEL, load_model, save_model  # noqa: E402
 from MetaRegistrationLib.registration import METHODS  # noqa: E402
 
 
@@ -49,6 +53,18 @@ def frame_counts(text: str) -> list[int]:
     return sorted(counts)
 
 
+def adaptation_override(text: str) -> tuple[str, float | int]:
+    """Parse ``--adapt bending_weight=100`` into a field of ``AdaptationSettings`` and its value."""
+    fields = {field.name: field.type for field in dataclasses.fields(AdaptationSettings)}
+    key, _, value = text.partition("=")
+    try:
+        parsed = int(value) if fields[key.strip()] in (int, "int") else float(value)
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with NAME one of {', '.join(fields)}, "
+                                         f"got {text!r}") from None
+    return key.strip(), parsed
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=default_data_dir(),
                         help="data set folder (default: %(default)s)")
@@ -60,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model checkpoint (.safetensors/.json pair) for model-based methods (default: bundled)")
     parser.add_argument("--frames", type=frame_counts, default=[],
                         help="frame counts to evaluate for sweep-based methods, e.g. 2-10")
+    parser.add_argument("--adapt", type=adaptation_override, action="append", default=[], metavar="NAME=VALUE",
+                        help="override the model's adaptation settings for this evaluation (repeatable), e.g. "
+                             "bending_weight=100, learning_rate=0.002, updates_per_interaction=2")
     parser.add_argument("--label", help="name of the method in the tables (default: --method), e.g. for another --model")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
 
@@ -136,8 +155,14 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix_str(case_id)
             bar.update()
 
-        rows = evaluate_cases(dataset, case_ids, args.method, args.frames, args.model, progress=advance,
-                              label=args.label)
+        with tempfile.TemporaryDirectory() as folder:
+            model = args.model
+            if args.adapt:  # the same network with other adaptation settings, as a model of its own
+                network, settings, _ = load_model(args.model or BUNDLED_MODEL)
+                model = Path(folder) / "model"
+                save_model(model, network, dataclasses.replace(settings, **dict(args.adapt)))
+            rows = evaluate_cases(dataset, case_ids, args.method, args.frames, model, progress=advance,
+                                  label=args.label)
     summary = summarise(rows)
     command = "metareg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with staged_outputs(args.out) as staging:
