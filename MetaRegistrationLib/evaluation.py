@@ -1,7 +1,7 @@
 """Batch evaluation: run a method over cases and tabulate TRE, DSC and folding.
 
 Used by ``metareg evaluate`` and by the Slicer module's console users alike; the
-report and plots are the command line's business (``Training.evaluate``).
+files they write come from :mod:`.report`.
 """
 
 from __future__ import annotations

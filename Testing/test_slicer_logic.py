@@ -22,6 +22,7 @@ from MetaRegistrationLib.metrics import evaluate_transform  # noqa: E402
 from MetaRegistrationLib.models import save_model  # noqa: E402
 from MetaRegistrationLib.network import NetworkConfig, RegistrationNet  # noqa: E402
 from MetaRegistrationLib.registration import sweep_frames  # noqa: E402
+from MetaRegistrationLib.report import OUTPUT_FILES  # noqa: E402
 from MetaRegistrationLib.sweep import extract_frame, plane_pose, sweep_positions  # noqa: E402
 from MetaRegistrationSlicer import conversions  # noqa: E402
 from MetaRegistrationSlicer.logic import SWEEP_COLUMNS, MetaRegistrationCoreLogic  # noqa: E402
@@ -279,6 +280,10 @@ def test_evaluate_folder_writes_the_tables_of_metareg_evaluate(mrml_scene, synth
 
     assert without_seconds(tmp_path / "slicer" / "cases.csv") == without_seconds(tmp_path / "cli" / "cases.csv")
     assert (tmp_path / "slicer" / "summary.csv").read_text() == (tmp_path / "cli" / "summary.csv").read_text()
+    # The same files: tables, report and box plots.
+    assert sorted(p.name for p in (tmp_path / "slicer").iterdir()) == sorted(OUTPUT_FILES)
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == sorted(OUTPUT_FILES)
+    assert "evaluateFolder(" in (tmp_path / "slicer" / "report.md").read_text()
 
 
 # --- bad input --------------------------------------------------------------------------------------------------

@@ -9,34 +9,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import shlex
 import sys
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+from tqdm import tqdm
 
-matplotlib.use("Agg")  # headless: never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from MetaRegistrationLib.adaptation import AdaptationSettings  # noqa: E402
-from MetaRegistrationLib.data import Dataset, default_data_dir  # noqa: E402
-from MetaRegistrationLib.errors import InputError  # noqa: E402
-from MetaRegistrationLib.evaluation import (  # noqa: E402
-    CASE_COLUMNS,
-    SUMMARY_COLUMNS,
-    CaseRow,
-    SummaryRow,
-    evaluate_cases,
-    summarise,
-    to_csv,
-)
-from MetaRegistrationLib.files import staged_outputs  # noqa: E402
-from MetaRegistrationLib.models import BUNDLED_MODEL, load_model, save_model  # noqa: E402
-from MetaRegistrationLib.registration import METHODS  # noqa: E402
+from MetaRegistrationLib.adaptation import AdaptationSettings
+from MetaRegistrationLib.data import Dataset, default_data_dir
+from MetaRegistrationLib.errors import InputError
+from MetaRegistrationLib.evaluation import SUMMARY_COLUMNS, evaluate_cases, summarise, to_csv
+from MetaRegistrationLib.models import BUNDLED_MODEL, load_model, save_model
+from MetaRegistrationLib.registration import METHODS
+from MetaRegistrationLib.report import OUTPUT_FILES, write_evaluation
 
 
 def frame_counts(text: str) -> list[int]:
@@ -101,52 +87,6 @@ def select_cases(dataset: Dataset, split: str | None, cases: str | None) -> list
     return chosen
 
 
-def _group_label(method: str, frames: int | None) -> str:
-    return method if frames is None else f"{method}\n{frames} fr"
-
-
-def box_plot(rows: Sequence[CaseRow], field: str, ylabel: str, path: Path) -> None:
-    """One box per (method, frames) group of ``rows``, with the cases as dots."""
-    groups: dict[str, list[float]] = {}
-    for row in rows:
-        groups.setdefault(_group_label(row.method, row.frames), []).append(getattr(row, field))
-    figure, axes = plt.subplots(figsize=(max(4.0, 1.1 * len(groups) + 2), 4))
-    axes.boxplot(list(groups.values()), tick_labels=list(groups))
-    for position, values in enumerate(groups.values(), start=1):
-        axes.plot([position] * len(values), values, ".", color="tab:blue", alpha=0.6)
-    axes.set_ylabel(ylabel)
-    axes.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def report(rows: Sequence[CaseRow], summary: Sequence[SummaryRow], command: str, data: Path) -> str:
-    """The Markdown report: command, summary table, per-case table with HD95 and landmark errors."""
-    summary_table = _markdown_table(
-        SUMMARY_COLUMNS,
-        [[s.method, "" if s.frames is None else str(s.frames), str(s.n), f"{s.median_tre_mm:.2f}",
-          f"{s.mean_tre_mm:.2f}", f"{s.sd_tre_mm:.2f}", f"{s.mean_dsc:.3f}", f"{s.sd_dsc:.3f}"] for s in summary])
-    case_table = _markdown_table(
-        ("case", "method", "frames", "TRE mm", "DSC", "HD95 mm", "folding %", "s", "landmark errors mm"),
-        [[r.case, r.method, "" if r.frames is None else str(r.frames), f"{r.tre_mm:.2f}", f"{r.dsc:.3f}",
-          f"{r.hd95_mm:.2f}", f"{r.fold_pct:.3f}", f"{r.seconds:.3f}",
-          " ".join(f"{e:.1f}" for e in r.landmark_errors_mm)] for r in rows])
-    return (f"# Registration evaluation\n\n"
-            f"- Command: `{command}`\n- Data: `{data}`\n- Date: {datetime.datetime.now().isoformat(timespec='seconds')}\n\n"
-            "TRE: RMS over a case's landmarks of |phi(c_f) - c_m| (mm); DSC: warped MR gland vs TRUS gland "
-            "(threshold 0.5); HD95: 95th percentile Hausdorff distance of the glands; folding: % of voxels "
-            "with a non-positive Jacobian determinant. sd is the sample standard deviation.\n\n"
-            f"## Summary\n\n{summary_table}\n\n![TRE](tre_boxplot.png) ![DSC](dsc_boxplot.png)\n\n"
-            f"## Cases\n\n{case_table}\n")
-
-
 def run(args: argparse.Namespace) -> int:
     dataset = Dataset(args.data)
     case_ids = select_cases(dataset, args.split, args.cases)
@@ -165,12 +105,7 @@ def run(args: argparse.Namespace) -> int:
                                   label=args.label)
     summary = summarise(rows)
     command = "metareg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    with staged_outputs(args.out) as staging:
-        (staging / "cases.csv").write_text(to_csv(rows, CASE_COLUMNS))
-        (staging / "summary.csv").write_text(to_csv(summary, SUMMARY_COLUMNS))
-        (staging / "report.md").write_text(report(rows, summary, command, args.data))
-        box_plot(rows, "tre_mm", "TRE (mm)", staging / "tre_boxplot.png")
-        box_plot(rows, "dsc", "gland DSC", staging / "dsc_boxplot.png")
+    write_evaluation(args.out, rows, summary, command, args.data)
     print(to_csv(summary, SUMMARY_COLUMNS), end="")
-    print(f"wrote {args.out}/cases.csv, summary.csv, report.md, tre_boxplot.png, dsc_boxplot.png")
+    print(f"wrote {args.out}/" + ", ".join(OUTPUT_FILES))
     return 0

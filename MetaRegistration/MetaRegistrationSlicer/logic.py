@@ -673,7 +673,8 @@ class MetaRegistrationCoreLogic:
                        cases: Sequence[str] | None = None, split: str | None = None, label: str | None = None,
                        progress: Callable[[str], None] | None = None):
         """Run the sweep simulation of ``metareg evaluate`` on a data folder (layout of ``mrus-prostate``) and write
-        its tables, ``cases.csv`` and ``summary.csv``, into ``outputDir`` (both or neither).
+        the same outputs into ``outputDir`` (``MetaRegistrationLib.report.OUTPUT_FILES``: ``cases.csv``,
+        ``summary.csv``, ``report.md`` and the TRE and DSC box plots; all or none).
 
         Args:
             method: a method of ``MetaRegistrationLib.registration.METHODS`` ("meta", "centroid", ...).
@@ -685,17 +686,18 @@ class MetaRegistrationCoreLogic:
             ``(rows, summary)``: ``MetaRegistrationLib.evaluation`` case and summary rows.
         """
         from MetaRegistrationLib.data import Dataset
-        from MetaRegistrationLib.evaluation import CASE_COLUMNS, SUMMARY_COLUMNS, evaluate_cases, summarise, to_csv
-        from MetaRegistrationLib.files import staged_outputs
+        from MetaRegistrationLib.evaluation import evaluate_cases, summarise
+        from MetaRegistrationLib.report import write_evaluation
 
         dataset = Dataset(dataDir)
         caseIds = list(cases) if cases else dataset.split(split) if split else dataset.case_ids()
-        rows = evaluate_cases(dataset, caseIds, method, sorted(set(frames)), modelPath or BUNDLED_MODEL,
+        frameCounts = sorted(set(frames))
+        rows = evaluate_cases(dataset, caseIds, method, frameCounts, modelPath or BUNDLED_MODEL,
                               progress=progress, label=label)
         summary = summarise(rows)
-        with staged_outputs(outputDir) as staging:
-            (staging / "cases.csv").write_text(to_csv(rows, CASE_COLUMNS))
-            (staging / "summary.csv").write_text(to_csv(summary, SUMMARY_COLUMNS))
+        command = (f"MetaRegistrationLogic.evaluateFolder({str(dataDir)!r}, {str(outputDir)!r}, method={method!r}, "
+                   f"frames={frameCounts}, modelPath={modelPath!r}, cases={cases!r}, split={split!r})")
+        write_evaluation(outputDir, rows, summary, command, dataDir)
         self.statusText = f"Evaluated {len(caseIds)} cases with {label or method}: {Path(outputDir)}"
         return rows, summary
 
