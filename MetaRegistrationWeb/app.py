@@ -63,6 +63,7 @@ class MetaRegistrationWebApp:
         self.modelPath = modelPath
         self.workflow: workflow_module.SweepWorkflow | None = None
         self._playing = False
+        self._pairWaiting = False
         self._observations = []
         self.state.update({
             "trame__title": "MetaRegistration", "data_dir": dataDir or "", "case_id": caseId or "",
@@ -119,6 +120,7 @@ class MetaRegistrationWebApp:
             for n in range(nodes[name].GetNumberOfDisplayNodes()):
                 nodes[name].GetNthDisplayNode(n).SetVisibility(False)
         self.slicerApp.display_manager.show_volume_in_slice_background(nodes["TRUS"])
+        self.slicerApp.display_manager.show_volume_in_slice_foreground(None)  # until this case's first registration
         grid = self.workflow.case.fixed_image.grid
         axes = workflow_module.trusViewAxes(grid)
         for view in self.slicerApp.view_manager.get_slice_views():
@@ -156,22 +158,29 @@ class MetaRegistrationWebApp:
 
     # --- interactions ---------------------------------------------------------------------------------------------
 
-    async def acquireNextFrame(self) -> None:
-        """Acquire the next frame of the sweep and adapt (the button)."""
+    def acquireNextFrame(self) -> None:
+        """Acquire the next frame of the sweep and adapt (the button). The work runs as a task of its own, so that
+        the page's other messages (pause, the opacity slider) are answered meanwhile."""
         if self.state.busy or self.workflow is None:
             return
-        await self._interact(self.workflow.prepareNextFrame)
+        self.state.busy = True  # now, not when the task starts: a second click must not start a second frame
+        asyncio.ensure_future(self._interact(self.workflow.prepareNextFrame))
 
-    async def togglePlay(self) -> None:
-        """Play: acquire frame after frame until the sweep ends or pause is pressed."""
+    def togglePlay(self) -> None:
+        """Play: acquire frame after frame until the sweep ends or Pause is pressed (after the current frame)."""
         self._playing = not self._playing
         self.state.playing = self._playing
+        if self._playing:
+            asyncio.ensure_future(self._play())
+
+    async def _play(self) -> None:
         while self._playing and self.workflow is not None and self.workflow.framesLeft:
             if not self.state.busy:
                 await self._interact(self.workflow.prepareNextFrame)
             await asyncio.sleep(PLAY_PAUSE_SECONDS)
         self._playing = False
         self.state.playing = False
+        self.state.flush()
 
     async def _interact(self, prepare) -> None:
         """Prepare (main thread), adapt (worker thread), write the outputs (main thread), refresh the page."""
@@ -197,6 +206,9 @@ class MetaRegistrationWebApp:
         finally:
             self.state.busy = False
             self.state.flush()
+        if self._pairWaiting and self.workflow is not None:
+            self._pairWaiting = False
+            self._startPair()
 
     def _followFrame(self, frame) -> None:
         """Move the sagittal view onto the frame just acquired."""
@@ -227,9 +239,17 @@ class MetaRegistrationWebApp:
         """A point was clicked: when it completes a pair, the pair is an interaction."""
         self.state.placing = ""
         self.state.pairs = self._pairRows()
-        if self.workflow.hasNewPair() and not self.state.busy:
-            asyncio.ensure_future(self._interact(self.workflow.preparePair))
+        if self.workflow.hasNewPair():
+            self._startPair()
         self.state.flush()
+
+    def _startPair(self) -> None:
+        """Give the new pair(s) to the registration now, or after the running interaction when busy."""
+        if self.state.busy:
+            self._pairWaiting = True
+            return
+        self.state.busy = True
+        asyncio.ensure_future(self._interact(self.workflow.preparePair))
 
     def load(self) -> None:
         """The Load button: the case of the data folder and case ID fields (the phantom with no folder)."""
@@ -286,6 +306,7 @@ class MetaRegistrationWebApp:
             return "" if point is None else ", ".join(f"{value:.4f}" for value in point)
 
         return [{"label": p["label"], "mr": text(p["mr"]), "trus": text(p["trus"]),
+                 "error": "" if p["error_mm"] is None else f"{p['error_mm']:.2f} mm",
                  "used": "yes" if p["label"] in given else "no"} for p in self.workflow.pairs()]
 
     # --- page -----------------------------------------------------------------------------------------------------
@@ -342,7 +363,8 @@ class MetaRegistrationWebApp:
     def _pairPanel(self, v3, html) -> None:
         html.Div("Landmark pairs", classes="text-subtitle-1 mt-3")
         html.Div("Click 'MR point' then a feature on the registered MR, 'TRUS point' then the same feature on the "
-                 "TRUS. A complete pair refines the registration.", classes="text-caption")
+                 "TRUS. A complete pair refines the registration; its residual error is shown (the case's own "
+                 "landmarks below are never given to it).", classes="text-caption")
         with html.Div(classes="d-flex align-center mt-1"):
             v3.VBtn("MR point", click=(self.placePoint, "['mr']"), disabled=("busy || !registered",), id="place-mr",
                     color=("placing === 'mr' ? 'amber' : undefined",))
@@ -354,6 +376,7 @@ class MetaRegistrationWebApp:
                     html.Td("{{ p.label }}")
                     html.Td("MR {{ p.mr }}", classes="pair-mr")
                     html.Td("TRUS {{ p.trus }}", classes="pair-trus")
+                    html.Td("{{ p.error }}", classes="pair-error")
                     html.Td("{{ p.used === 'yes' ? 'used' : 'waiting' }}")
 
     def _evaluationPanel(self, v3, html) -> None:

@@ -22,6 +22,7 @@ from MetaRegistrationLib.data import Case
 from MetaRegistrationLib.errors import InputError
 from MetaRegistrationLib.files import atomic_path
 from MetaRegistrationLib.geometry import apply_affine
+from MetaRegistrationLib.metrics import point_errors
 from MetaRegistrationLib.registration import SWEEP_FRAMES, sweep_frames
 from MetaRegistrationLib.sweep import rasterise_frames
 from MetaRegistrationSlicer import conversions
@@ -165,11 +166,17 @@ class SweepWorkflow:
         return f"P{number}"
 
     def pairs(self) -> list[dict]:
-        """Placed pairs, ``{"label", "mr", "trus"}`` with LPS points (the MR point in MR coordinates) or None."""
+        """Placed pairs, ``{"label", "mr", "trus", "error_mm"}``: LPS points (the MR point in MR coordinates) or
+        None, and for a complete pair under a registration its residual ``|phi(p_TRUS) - p_MR|`` (else None)."""
         mr = conversions.pointsFromMarkups(self.mrPairPoints, world=False)
         trus = conversions.pointsFromMarkups(self.trusPairPoints, world=True)
-        return [{"label": label, "mr": mr.get(label), "trus": trus.get(label)}
-                for label in sorted(set(mr) | set(trus), key=lambda text: (len(text), text))]
+        pairs = []
+        for label in sorted(set(mr) | set(trus), key=lambda text: (len(text), text)):
+            error = None
+            if label in mr and label in trus and self.registered:
+                error = float(point_errors(self.logic.lastTransform, trus[label], mr[label])[0])
+            pairs.append({"label": label, "mr": mr.get(label), "trus": trus.get(label), "error_mm": error})
+        return pairs
 
     def hasNewPair(self) -> bool:
         """Whether a pair is complete (both points placed) and not given to the registration yet."""

@@ -185,6 +185,7 @@ def test_a_clinician_sweeps_places_a_pair_and_reads_the_evaluation(page):
     assert last_row[:3] == ["10", "10", "1"]  # frames, updates, pairs
     tre, dsc = float(text(page, "#tre-value")), float(text(page, "#dsc-value"))
 
+    assert text(page, "#pairs .pair-error").endswith(" mm")  # the pair's residual after the update
     mr_point = point(text(page, "#pairs .pair-mr"))
     trus_point = point(text(page, "#pairs .pair-trus"))
     expected = library_reference(mr_point, trus_point)
@@ -214,3 +215,14 @@ def test_a_bad_case_shows_a_message_and_the_app_keeps_working(page, tmp_path):
     page.wait_for_function("document.querySelector('#frames-acquired').textContent.trim() === '0'")
     page.click("#acquire")
     page.wait_for_function("document.querySelector('#frames-acquired').textContent.trim() === '1'")
+
+
+def test_play_acquires_frame_after_frame_until_paused(page):
+    page.click("#play")
+    page.wait_for_function("Number(document.querySelector('#frames-acquired').textContent) >= 3")
+    page.click("#play")  # now "Pause"
+    page.wait_for_selector("#acquire:not([disabled])")  # paused, and the running update finished
+    paused_at = int(text(page, "#frames-acquired"))
+    time.sleep(3)
+    assert int(text(page, "#frames-acquired")) == paused_at < FRAMES
+    assert len(page.query_selector_all("#sweep-table tbody tr")) == paused_at - 1

@@ -84,8 +84,11 @@ def test_a_clicked_pair_is_an_interaction_and_labels_pair_up(workflow):
     expected_mr = workflow.logic.lastTransform.map_points(conversions.rasToLps(target)[None])[0]
     np.testing.assert_allclose(pair["mr"], expected_mr, atol=0.05)
     assert workflow.hasNewPair() and workflow.nextPairLabel() == "P2"
+    residual_before = workflow.pairs()[0]["error_mm"]
+    assert residual_before == pytest.approx(0.0, abs=0.05)  # clicked on the overlay: phi maps it onto itself
     report = workflow.run(workflow.preparePair())
     assert (report.landmarkPairs, report.updates) == (1, 2)
+    assert workflow.pairs()[0]["error_mm"] >= 0
     assert workflow.rows()[-1]["landmark_pairs"] == 1 and not workflow.hasNewPair()
     with pytest.raises(InputError, match="no new landmark pair"):
         workflow.preparePair()
