@@ -25,7 +25,6 @@ import io
 import logging
 import sys
 import tempfile
-from pathlib import Path
 
 import numpy as np
 

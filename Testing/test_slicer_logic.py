@@ -17,7 +17,7 @@ from MetaRegistrationLib.adaptation import AdaptationSettings  # noqa: E402
 from MetaRegistrationLib.data import Case, Dataset, Volume  # noqa: E402
 from MetaRegistrationLib.errors import InputError  # noqa: E402
 from MetaRegistrationLib.evaluation import evaluate_cases  # noqa: E402
-from MetaRegistrationLib.geometry import Grid, Transform, resample, translation, weighted_centroid  # noqa: E402
+from MetaRegistrationLib.geometry import Grid, Transform, resample, translation  # noqa: E402
 from MetaRegistrationLib.metrics import evaluate_transform  # noqa: E402
 from MetaRegistrationLib.models import save_model  # noqa: E402
 from MetaRegistrationLib.network import NetworkConfig, RegistrationNet  # noqa: E402
