@@ -19,7 +19,7 @@ import numpy as np
 import vtk
 
 from MetaRegistrationLib.data import Case
-from MetaRegistrationLib.errors import InputError
+from MetaRegistrationLib.errors import InputError, MetaRegistrationError
 from MetaRegistrationLib.files import atomic_path
 from MetaRegistrationLib.geometry import apply_affine
 from MetaRegistrationLib.metrics import point_errors
@@ -53,6 +53,7 @@ class SweepWorkflow:
         self.nodes = conversions.caseNodes(scene, case)
         self._sweep = sweep_frames(case, frameCount)
         self._acquired = []
+        self._frameNodes = []  # (volume, labelmap) of each frame handed to the Logic, the last one maybe pending
         self.mrPairPoints = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "MR pair points")
         self.trusPairPoints = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "TRUS pair points")
         for node, color in ((self.mrPairPoints, (1.0, 0.8, 0.2)), (self.trusPairPoints, (0.3, 0.8, 1.0))):
@@ -94,7 +95,12 @@ class SweepWorkflow:
         volume, label = conversions.frameNodesFromFrame(self.scene, frame, f"Frame {len(self._acquired) + 1}")
         for node in (volume, label):
             node.SetHideFromEditors(True)  # inputs of the Logic, not things to look at
-        return self.logic.prepareFrame(volume, label)
+        self._frameNodes.append((volume, label))
+        try:
+            return self.logic.prepareFrame(volume, label)
+        except MetaRegistrationError:
+            self._removeFrameNodes(1)
+            raise
 
     def preparePair(self) -> PendingInteraction:
         """The landmark pairs placed (matched by label) and not given yet, read by the Logic."""
@@ -102,7 +108,12 @@ class SweepWorkflow:
 
     def finish(self, pending: PendingInteraction) -> UpdateReport:
         """Write the outputs of an adapted interaction and refresh what the views show of the sweep."""
-        report = self.logic.finishInteraction(pending)
+        try:
+            report = self.logic.finishInteraction(pending)
+        except MetaRegistrationError:
+            if pending.frame is not None:
+                self._removeFrameNodes(1)  # the frame was not acquired
+            raise
         if pending.frame is not None:
             self._acquired.append(pending.frame)
             self._showAcquiredFrames()
@@ -122,10 +133,17 @@ class SweepWorkflow:
         """Back to no frame and no pair: the session returns to the initialisation."""
         report = self.logic.reset()
         self._acquired = []
+        self._removeFrameNodes(len(self._frameNodes))
         for node in (self.mrPairPoints, self.trusPairPoints):
             node.RemoveAllControlPoints()
         self._showAcquiredFrames()
         return report
+
+    def _removeFrameNodes(self, count: int) -> None:
+        """Remove the last ``count`` frames' nodes from the scene."""
+        for _ in range(count):
+            for node in self._frameNodes.pop():
+                self.scene.RemoveNode(node)
 
     def _showAcquiredFrames(self) -> None:
         grid = self.case.fixed_image.grid

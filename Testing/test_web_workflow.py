@@ -129,11 +129,15 @@ def test_exports_are_written_and_read_back(workflow, mrml_scene, tmp_path):
         workflow.export("everything", tmp_path)
 
 
-def test_reset_forgets_frames_and_pairs(workflow):
+def test_reset_forgets_frames_and_pairs(workflow, mrml_scene):
+    nodes_at_start = mrml_scene.GetNumberOfNodes()
     for _ in range(2):
         workflow.acquireNextFrame()
     place(workflow.trusPairPoints, "P1", (0, 0, 0))
     workflow.reset()
+    frame_nodes = [mrml_scene.GetNthNode(n).GetName() for n in range(mrml_scene.GetNumberOfNodes())
+                   if mrml_scene.GetNthNode(n).GetName().startswith("Frame ")]
+    assert frame_nodes == [] and mrml_scene.GetNumberOfNodes() > nodes_at_start  # outputs stay, frames go
     assert (workflow.framesAcquired, workflow.rows(), workflow.pairs()) == (0, [], [])
     assert workflow.framePlanes.GetPolyData().GetNumberOfCells() == 0
     assert workflow.acquireNextFrame().frames == 1
