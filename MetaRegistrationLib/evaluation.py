@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import Dataset
-from .geometry import weighted_centroid
-from .metrics import evaluate_transform, point_errors, rms
+from .metrics import evaluate_transform, landmark_centroids, point_errors, rms
 from .registration import SWEEP_FRAMES, run_method, run_sweep, sweep_frames, sweep_session
 
 PAIR_COLUMNS = ("case", "pairs", "held_out", "frames", "tre_frames_mm", "tre_pairs_mm", "seconds")
@@ -104,8 +103,7 @@ def evaluate_landmark_pairs(dataset: Dataset, case_ids: Sequence[str], pair_coun
     rows = []
     for case_id in case_ids:
         case = dataset.load(case_id)
-        moving = np.array([weighted_centroid(c, case.moving_labels.grid) for c in case.moving_labels.array[1:]])
-        fixed = np.array([weighted_centroid(c, case.fixed_labels.grid) for c in case.fixed_labels.array[1:]])
+        moving, fixed = landmark_centroids(case.moving_labels), landmark_centroids(case.fixed_labels)
         session = sweep_session(case, None if model_path is None else Path(model_path))
         after_sweep = list(run_sweep(session, sweep_frames(case, frames)))[-1]
         given = 0

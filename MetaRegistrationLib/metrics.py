@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from monai.metrics import compute_hausdorff_distance
 
-from .data import Case
+from .data import Case, Volume
 from .geometry import Grid, Transform, resample, weighted_centroid
 
 
@@ -32,13 +32,16 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
 
 
+def landmark_centroids(labels: Volume) -> np.ndarray:
+    """World (LPS mm) intensity-weighted centroids of the landmark channels (1..) of a label volume, (L, 3)."""
+    return np.array([weighted_centroid(channel, labels.grid) for channel in labels.array[1:]]).reshape(-1, 3)
+
+
 def landmark_errors(case: Case, transform: Transform) -> np.ndarray:
     """Per-landmark errors ``|phi(c_f) - c_m|`` in mm, shape (landmark_count,)."""
-    fixed = np.array([weighted_centroid(channel, case.fixed_labels.grid) for channel in case.fixed_labels.array[1:]])
-    moving = np.array([weighted_centroid(channel, case.moving_labels.grid) for channel in case.moving_labels.array[1:]])
-    if len(fixed) == 0:
+    if case.landmark_count == 0:
         return np.zeros(0)
-    return point_errors(transform, fixed, moving)
+    return point_errors(transform, landmark_centroids(case.fixed_labels), landmark_centroids(case.moving_labels))
 
 
 def point_errors(transform: Transform, fixed_points: np.ndarray, moving_points: np.ndarray) -> np.ndarray:

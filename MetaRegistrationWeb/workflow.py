@@ -59,6 +59,10 @@ class SweepWorkflow:
         for node, color in ((self.mrPairPoints, (1.0, 0.8, 0.2)), (self.trusPairPoints, (0.3, 0.8, 1.0))):
             node.CreateDefaultDisplayNodes()
             node.GetDisplayNode().SetSelectedColor(color)
+        for node in (self.nodes["MR points"], self.nodes["TRUS points"], self.mrPairPoints, self.trusPairPoints):
+            node.CreateDefaultDisplayNodes()
+            node.GetDisplayNode().SetOccludedVisibility(True)  # landmarks inside the gland surface stay visible
+        self._shownOutputs = None  # (transform ID, segmentation ID) that _showRegistration set up
         self.acquiredGland = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "TRUS gland (acquired frames)")
         self.acquiredGland.CreateDefaultDisplayNodes()
         self.acquiredGland.GetDisplayNode().SetOpacity2DFill(0.25)
@@ -158,19 +162,20 @@ class SweepWorkflow:
         self.framePlanes.SetAndObservePolyData(_planesPolyData(self._acquired))
 
     def _showRegistration(self) -> None:
-        """The MR landmarks and pair points follow the registration (children of the output transform), the warped
-        MR gland shows as contours in the slices and as a surface in 3D."""
-        transformId = self.logic.outputTransformNode.GetID()
+        """Once per set of output nodes: the MR landmarks and pair points follow the registration (children of the
+        output transform), the warped MR gland shows as contours in the slices and as a surface in 3D (the surface
+        then follows each update by itself)."""
+        outputs = (self.logic.outputTransformNode.GetID(), self.logic.outputSegmentationNode.GetID())
+        if outputs == self._shownOutputs:
+            return
         for node in (self.nodes["MR points"], self.mrPairPoints):
-            if node.GetTransformNodeID() != transformId:
-                node.SetAndObserveTransformNodeID(transformId)
+            node.SetAndObserveTransformNodeID(outputs[0])
         segmentationNode = self.logic.outputSegmentationNode
         segmentationNode.CreateClosedSurfaceRepresentation()
         display = segmentationNode.GetDisplayNode()
         display.SetVisibility2DFill(False)
         display.SetSliceIntersectionThickness(2)
-        for node in (self.nodes["MR points"], self.nodes["TRUS points"], self.mrPairPoints, self.trusPairPoints):
-            node.GetDisplayNode().SetOccludedVisibility(True)  # landmarks inside the gland surface stay visible
+        self._shownOutputs = outputs
 
     # --- landmark pairs -------------------------------------------------------------------------------------------
 

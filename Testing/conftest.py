@@ -10,7 +10,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from MetaRegistrationLib.adaptation import AdaptationSettings
 from MetaRegistrationLib.data import FOLDERS, default_data_dir
+from MetaRegistrationLib.models import save_model
+from MetaRegistrationLib.network import NetworkConfig, RegistrationNet
 
 # The Slicer module's own package (MetaRegistrationSlicer) sits beside MetaRegistration.py, as Slicer loads it.
 MODULE_DIR = Path(__file__).resolve().parents[1] / "MetaRegistration"
@@ -71,6 +74,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """An untrained small network (seed 0) saved as a model, for tests that need one but not the bundled one."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    save_model(path, RegistrationNet(NetworkConfig(num_channel_initial=4)), AdaptationSettings())
+    return path
 
 
 @pytest.fixture(scope="session")

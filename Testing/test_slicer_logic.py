@@ -20,7 +20,7 @@ from MetaRegistrationLib.evaluation import evaluate_cases  # noqa: E402
 from MetaRegistrationLib.geometry import Grid, Transform, resample, translation  # noqa: E402
 from MetaRegistrationLib.metrics import evaluate_transform  # noqa: E402
 from MetaRegistrationLib.models import save_model  # noqa: E402
-from MetaRegistrationLib.network import NetworkConfig, RegistrationNet  # noqa: E402
+from MetaRegistrationLib.network import RegistrationNet  # noqa: E402
 from MetaRegistrationLib.registration import sweep_frames  # noqa: E402
 from MetaRegistrationLib.report import OUTPUT_FILES  # noqa: E402
 from MetaRegistrationLib.sweep import extract_frame, plane_pose, sweep_positions  # noqa: E402
@@ -34,15 +34,6 @@ SHIFT_LPS = np.array([4.5, -3.0, 1.5])
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """An untrained small network saved as a model (the bundled one may not exist yet)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    save_model(path, RegistrationNet(NetworkConfig(num_channel_initial=4)), AdaptationSettings())
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from MetaRegistrationLib.adaptation import AdaptationSession
-from MetaRegistrationLib.data import Volume
 from MetaRegistrationLib.metrics import evaluate_transform
-from MetaRegistrationLib.models import BUNDLED_MODEL, load_model
 from MetaRegistrationLib.phantom import make_phantom_case
-from MetaRegistrationLib.registration import sweep_frames
+from MetaRegistrationLib.registration import sweep_frames, sweep_session
 
 pytest.importorskip("trame_slicer", reason="the web app's extra (trame-slicer) is not installed")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -147,9 +144,7 @@ def screenshot_array(element) -> np.ndarray:
 def library_reference(mr_point: np.ndarray, trus_point: np.ndarray):
     """TRE and DSC the library computes for the phantom's sweep of FRAMES frames, then the landmark pair."""
     case, _ = make_phantom_case(0)
-    network, settings, _ = load_model(BUNDLED_MODEL)
-    gland = Volume(case.moving_labels.array[:1], case.moving_labels.grid, case.moving_labels.source)
-    session = AdaptationSession(network, case.moving_image, gland, case.fixed_image.grid, settings=settings)
+    session = sweep_session(case, None)  # the bundled model, as the app uses
     for frame in sweep_frames(case, FRAMES):
         session.add_frames([frame])
     result = session.add_landmarks(mr_point[None], trus_point[None])

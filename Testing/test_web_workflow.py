@@ -7,15 +7,11 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 
 slicer = pytest.importorskip("slicer", reason="slicer-core (3D Slicer's MRML as a wheel) is not installed")
 import vtk  # noqa: E402
 
-from MetaRegistrationLib.adaptation import AdaptationSettings  # noqa: E402
 from MetaRegistrationLib.errors import InputError  # noqa: E402
-from MetaRegistrationLib.models import save_model  # noqa: E402
-from MetaRegistrationLib.network import NetworkConfig, RegistrationNet  # noqa: E402
 from MetaRegistrationLib.phantom import make_phantom_case  # noqa: E402
 from MetaRegistrationLib.registration import sweep_frames  # noqa: E402
 from MetaRegistrationWeb.workflow import EXPORTS, SweepWorkflow, trusViewAxes  # noqa: E402
@@ -25,14 +21,6 @@ from MetaRegistrationSlicer.logic import SWEEP_COLUMNS  # noqa: E402
 FRAMES = 4
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    save_model(path, RegistrationNet(NetworkConfig(num_channel_initial=4)), AdaptationSettings())
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +76,6 @@ def test_a_clicked_pair_is_an_interaction_and_labels_pair_up(workflow):
     assert residual_before == pytest.approx(0.0, abs=0.05)  # clicked on the overlay: phi maps it onto itself
     report = workflow.run(workflow.preparePair())
     assert (report.landmarkPairs, report.updates) == (1, 2)
-    assert workflow.pairs()[0]["error_mm"] >= 0
     assert workflow.rows()[-1]["landmark_pairs"] == 1 and not workflow.hasNewPair()
     with pytest.raises(InputError, match="no new landmark pair"):
         workflow.preparePair()

@@ -39,7 +39,8 @@ from vtk.util import numpy_support
 import slicer
 from MetaRegistrationLib.data import Volume
 from MetaRegistrationLib.errors import InputError
-from MetaRegistrationLib.geometry import LPS_TO_RAS, Grid, Transform, apply_affine, resample, weighted_centroid
+from MetaRegistrationLib.geometry import LPS_TO_RAS, Grid, Transform, apply_affine, resample
+from MetaRegistrationLib.metrics import landmark_centroids
 from MetaRegistrationLib.sweep import Frame, plane_pose
 
 GLAND_SEGMENT_NAMES = ("prostate", "gland")
@@ -455,7 +456,7 @@ def caseNodes(scene, case) -> dict:
         updateVolumeNode(labelmap, (labels.array[0] > 0.5).astype(np.uint8), labels.grid)
         segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{side} segmentation")
         segmentationFromMask(segmentation, labels.array[0] > 0.5, labels.grid, "prostate", (0.9, 0.5, 0.2))
-        points = {f"L{n}": weighted_centroid(channel, labels.grid) for n, channel in enumerate(labels.array[1:], 1)}
+        points = {f"L{n}": point for n, point in enumerate(landmark_centroids(labels), 1)}
         nodes.update({side: volume, f"{side} labelmap": labelmap, f"{side} segmentation": segmentation,
                       f"{side} points": markupsFromPoints(scene, points, f"{side} landmarks")})
     return nodes
