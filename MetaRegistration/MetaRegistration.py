@@ -383,7 +383,7 @@ class MetaRegistrationTest(ScriptedLoadableModuleTest):
             logic.installDependencies()
         import torch
 
-        from MetaRegistrationLib.adaptation import AdaptationSettings
+        from MetaRegistrationLib.settings import AdaptationSettings
         from MetaRegistrationLib.metrics import evaluate_transform
         from MetaRegistrationLib.models import save_model
         from MetaRegistrationLib.network import RegistrationNet

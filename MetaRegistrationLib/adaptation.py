@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .alignment import frames_gland_alignment
+from .alignment import frames_gland_alignment, initial_alignment
 from .data import Volume
 from .errors import InputError
-from .geometry import Grid, Transform, apply_affine, initial_alignment, sample, warp
+from .geometry import Grid, Transform, apply_affine, sample, warp
 from .losses import LossTerms, registration_loss_terms
 from .network import RegistrationNet, make_inputs
+from .settings import AdaptationSettings
 from .sweep import Frame, rasterise_frames
 
 F_MIN = 2
@@ -37,23 +38,6 @@ F_MIN = 2
 
 SAME_POSE_TOLERANCE = 1e-3
 """Two frames whose pose matrices agree to this (mm, and unitless in the rotation) are the same plane."""
-
-
-@dataclass(frozen=True)
-class AdaptationSettings:
-    """How a session adapts; stored with a model so training and use agree.
-
-    Attributes:
-        learning_rate: Adam step size of each update.
-        updates_per_interaction: gradient steps run by each ``add_frames`` / ``add_landmarks`` call.
-        bending_weight: weight of the bending energy (mm**-2) against the Dice term.
-        landmark_weight: weight of the mean squared landmark-pair distance (mm**2).
-    """
-
-    learning_rate: float = 1e-3
-    updates_per_interaction: int = 1
-    bending_weight: float = 1.0
-    landmark_weight: float = 0.01
 
 
 @dataclass
@@ -128,8 +112,9 @@ def adaptation_step(model: RegistrationNet, optimizer: torch.optim.Optimizer, pr
 
 
 @dataclass
-class UpdateResult:
-    """What one interaction produced.
+class AdaptationResult:
+    """What one interaction computed in the library: the transform and the timings of its steps (the Slicer
+    Logic turns it into an ``InteractionReport``, which adds its node outputs and a status line).
 
     Attributes:
         transform: the registration after this interaction (``None`` before the first update).
@@ -168,7 +153,7 @@ class AdaptationSession:
         moving_labels: MR labels (C, mk, mj, mi); channel 0, the gland, is used.
         fixed_grid: the TRUS grid that frames are placed in and results are defined on.
         initial: ``"frames"`` (recompute from the acquired gland at each interaction),
-            an alignment name of :func:`geometry.initial_alignment` that needs no TRUS
+            an alignment name of :func:`alignment.initial_alignment` that needs no TRUS
             label, or a 4x4 fixed-world -> moving-world matrix.
         settings: adaptation settings.
     """
@@ -219,7 +204,7 @@ class AdaptationSession:
         """Ask a running update (from another thread) to stop after its current gradient step."""
         self._cancel.set()
 
-    def add_frames(self, frames: Sequence[Frame]) -> UpdateResult:
+    def add_frames(self, frames: Sequence[Frame]) -> AdaptationResult:
         """Add tracked frames and, from the second frame on, adapt and predict.
 
         Raises:
@@ -246,7 +231,7 @@ class AdaptationSession:
             self.frame_poses.append(pose)
         return self._interact()
 
-    def add_landmarks(self, moving_points: np.ndarray, fixed_points: np.ndarray) -> UpdateResult:
+    def add_landmarks(self, moving_points: np.ndarray, fixed_points: np.ndarray) -> AdaptationResult:
         """Add clinician landmark pairs (MR world point, TRUS world point), LPS mm, shape (N, 3) each.
 
         Raises:
@@ -289,9 +274,9 @@ class AdaptationSession:
             problem.landmarks_fixed = torch.as_tensor(self._landmarks_fixed, dtype=torch.float32, device=self.device)
         return problem, self._clock() - start
 
-    def _interact(self) -> UpdateResult:
+    def _interact(self) -> AdaptationResult:
         if self.frame_count < F_MIN:
-            return UpdateResult(None, self.frame_count, self.updates,
+            return AdaptationResult(None, self.frame_count, self.updates,
                                 status=f"{self.frame_count} frame acquired; the first update needs {F_MIN}")
         self._problem, preparation_seconds = self._build()
         step_seconds, cancelled = [], False
@@ -308,7 +293,7 @@ class AdaptationSession:
         predict_seconds = self._clock() - start
         status = (f"{self.frame_count} frames, {len(self._landmarks_fixed)} landmark pairs, {self.updates} updates"
                   + (" (cancelled)" if cancelled else ""))
-        return UpdateResult(transform, self.frame_count, self.updates, step_seconds, preparation_seconds,
+        return AdaptationResult(transform, self.frame_count, self.updates, step_seconds, preparation_seconds,
                             predict_seconds, cancelled, status)
 
     def predict(self) -> Transform:

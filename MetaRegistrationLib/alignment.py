@@ -1,6 +1,6 @@
 """Initial alignment from what a live sweep has shown so far: the acquired frames' gland labels.
 
-``geometry.initial_alignment("centroid")`` needs the whole TRUS gland, which an
+``initial_alignment("centroid")`` (the whole-volume alignments, at the end) needs the whole TRUS gland, which an
 interactive sweep does not have until it ends; the centroid of the gland pixels
 acquired so far is biased towards the part already swept. This module finds the
 translation that best overlays the MR gland on the acquired gland pixels instead:
@@ -17,6 +17,9 @@ import torch
 from .errors import InputError
 from .geometry import Grid, sample, translation, weighted_centroid
 from .sweep import LEFT_RIGHT_AXIS
+
+ALIGNMENT_METHODS = ("identity", "fov-centre", "centroid")
+"""Initial alignments a caller can name; a 4x4 matrix can be given instead."""
 
 SWEEP_SEARCH_MM = 24.0
 """Half range of the first search, along the sweep (left-right) axis: about half a gland's width."""
@@ -79,3 +82,37 @@ def frames_gland_alignment(moving_gland: np.ndarray, moving_grid: Grid, acquired
 
     along_sweep = best(start, (SWEEP_SEARCH_MM, 0.0, 0.0), SWEEP_STEP_MM)
     return translation(best(along_sweep, (LOCAL_SEARCH_MM,) * 3, LOCAL_STEP_MM))
+
+
+def initial_alignment(
+    method: str | np.ndarray,
+    fixed_grid: Grid,
+    moving_grid: Grid,
+    fixed_gland: np.ndarray | None = None,
+    moving_gland: np.ndarray | None = None,
+) -> np.ndarray:
+    """The initial fixed-world -> moving-world alignment ``A`` as a 4x4 matrix.
+
+    Args:
+        method: ``"identity"`` (world coordinates as stored), ``"fov-centre"``
+            (translate the fixed field-of-view centre onto the moving one),
+            ``"centroid"`` (translate the fixed gland centroid onto the moving one),
+            or a 4x4 matrix from fixed world to moving world (LPS, mm).
+        fixed_gland, moving_gland: gland label volumes (k, j, i) on their grids,
+            needed for ``"centroid"``. The fixed gland may be partial (e.g. only
+            the TRUS frames acquired so far): the caller decides what is known.
+    """
+    if not isinstance(method, str):
+        matrix = np.asarray(method, dtype=float)
+        if matrix.shape != (4, 4) or not np.allclose(matrix[3], [0, 0, 0, 1]):
+            raise InputError(f"the initial transform must be a 4x4 affine matrix, got shape {matrix.shape}")
+        return matrix
+    if method == "identity":
+        return np.eye(4)
+    if method == "fov-centre":
+        return translation(moving_grid.fov_centre() - fixed_grid.fov_centre())
+    if method == "centroid":
+        if fixed_gland is None or moving_gland is None:
+            raise InputError("centroid alignment needs both the fixed and the moving gland labels")
+        return translation(weighted_centroid(moving_gland, moving_grid) - weighted_centroid(fixed_gland, fixed_grid))
+    raise InputError(f"unknown initial alignment {method!r}; choose one of {', '.join(ALIGNMENT_METHODS)} or give a 4x4 matrix")

@@ -11,13 +11,13 @@ import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from .data import Dataset
 from .metrics import evaluate_transform, landmark_centroids, point_errors, rms
-from .registration import SWEEP_FRAMES, run_method, run_sweep, sweep_frames, sweep_session
+from .models import Model, ModelSource, resolve_model
+from .registration import SWEEP_FRAMES, get_method, run_method, run_sweep, sweep_frames, sweep_session
 
 PAIR_COLUMNS = ("case", "pairs", "held_out", "frames", "tre_frames_mm", "tre_pairs_mm", "seconds")
 CASE_COLUMNS = ("case", "method", "frames", "updates", "tre_mm", "dsc", "fold_pct", "seconds")
@@ -55,16 +55,20 @@ class SummaryRow:
 
 
 def evaluate_cases(dataset: Dataset, case_ids: Sequence[str], method: str, frame_counts: Sequence[int] = (),
-                   model_path: str | Path | None = None,
+                   model: ModelSource = None,
                    progress: Callable[[str], None] | None = None, label: str | None = None) -> list[CaseRow]:
     """Register and measure every case; ``progress(case_id)`` is called after each case.
 
+    ``model`` is a checkpoint path or a :class:`~.models.Model` in memory (the bundled model if ``None``);
     ``label`` names the method in the rows (default: ``method``), e.g. to tell two models apart.
     """
+    get_method(method)  # an unknown name fails before any case is read
+    if model is not None and not isinstance(model, Model):
+        model = resolve_model(model)  # a bad model file fails before any case is read, and is read once
     rows = []
     for case_id in case_ids:
         case = dataset.load(case_id)
-        for result in run_method(method, case, frame_counts, model_path):
+        for result in run_method(method, case, frame_counts, model):
             metrics = evaluate_transform(case, result.transform)
             rows.append(CaseRow(case_id, label or method, result.frames, result.updates, metrics.tre_mm, metrics.dsc,
                                 metrics.fold_pct, result.seconds, metrics.hd95_mm,
@@ -89,7 +93,7 @@ class PairRow:
 
 
 def evaluate_landmark_pairs(dataset: Dataset, case_ids: Sequence[str], pair_counts: Sequence[int] = (1,),
-                            model_path: str | Path | None = None, frames: int = SWEEP_FRAMES,
+                            model: ModelSource = None, frames: int = SWEEP_FRAMES,
                             progress: Callable[[str], None] | None = None) -> list[PairRow]:
     """What clinician landmark pairs buy after a sweep of ``frames`` frames (``method`` "meta").
 
@@ -104,7 +108,7 @@ def evaluate_landmark_pairs(dataset: Dataset, case_ids: Sequence[str], pair_coun
     for case_id in case_ids:
         case = dataset.load(case_id)
         moving, fixed = landmark_centroids(case.moving_labels), landmark_centroids(case.fixed_labels)
-        session = sweep_session(case, None if model_path is None else Path(model_path))
+        session = sweep_session(case, model)
         after_sweep = list(run_sweep(session, sweep_frames(case, frames)))[-1]
         given = 0
         for count in counts:

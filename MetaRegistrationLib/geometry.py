@@ -44,9 +44,6 @@ from .errors import InputError
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 """Homogeneous matrix taking LPS world points to Slicer's RAS (it is its own inverse)."""
 
-ALIGNMENT_METHODS = ("identity", "fov-centre", "centroid")
-"""Initial alignments a caller can name; a 4x4 matrix can be given instead."""
-
 
 @dataclass(frozen=True)
 class Grid:
@@ -149,40 +146,6 @@ def weighted_centroid(volume: np.ndarray, grid: Grid) -> np.ndarray:
         ]
     ) / total
     return apply_affine(grid.index_to_world, index)
-
-
-def initial_alignment(
-    method: str | np.ndarray,
-    fixed_grid: Grid,
-    moving_grid: Grid,
-    fixed_gland: np.ndarray | None = None,
-    moving_gland: np.ndarray | None = None,
-) -> np.ndarray:
-    """The initial fixed-world -> moving-world alignment ``A`` as a 4x4 matrix.
-
-    Args:
-        method: ``"identity"`` (world coordinates as stored), ``"fov-centre"``
-            (translate the fixed field-of-view centre onto the moving one),
-            ``"centroid"`` (translate the fixed gland centroid onto the moving one),
-            or a 4x4 matrix from fixed world to moving world (LPS, mm).
-        fixed_gland, moving_gland: gland label volumes (k, j, i) on their grids,
-            needed for ``"centroid"``. The fixed gland may be partial (e.g. only
-            the TRUS frames acquired so far): the caller decides what is known.
-    """
-    if not isinstance(method, str):
-        matrix = np.asarray(method, dtype=float)
-        if matrix.shape != (4, 4) or not np.allclose(matrix[3], [0, 0, 0, 1]):
-            raise InputError(f"the initial transform must be a 4x4 affine matrix, got shape {matrix.shape}")
-        return matrix
-    if method == "identity":
-        return np.eye(4)
-    if method == "fov-centre":
-        return translation(moving_grid.fov_centre() - fixed_grid.fov_centre())
-    if method == "centroid":
-        if fixed_gland is None or moving_gland is None:
-            raise InputError("centroid alignment needs both the fixed and the moving gland labels")
-        return translation(weighted_centroid(moving_gland, moving_grid) - weighted_centroid(fixed_gland, fixed_grid))
-    raise InputError(f"unknown initial alignment {method!r}; choose one of {', '.join(ALIGNMENT_METHODS)} or give a 4x4 matrix")
 
 
 def sample(volumes: torch.Tensor, world_to_index: torch.Tensor, points: torch.Tensor, mode: str = "bilinear",

@@ -37,13 +37,6 @@ def landmark_centroids(labels: Volume) -> np.ndarray:
     return np.array([weighted_centroid(channel, labels.grid) for channel in labels.array[1:]]).reshape(-1, 3)
 
 
-def landmark_errors(case: Case, transform: Transform) -> np.ndarray:
-    """Per-landmark errors ``|phi(c_f) - c_m|`` in mm, shape (landmark_count,)."""
-    if case.landmark_count == 0:
-        return np.zeros(0)
-    return point_errors(transform, landmark_centroids(case.fixed_labels), landmark_centroids(case.moving_labels))
-
-
 def point_errors(transform: Transform, fixed_points: np.ndarray, moving_points: np.ndarray) -> np.ndarray:
     """Errors ``|phi(p_f) - p_m|`` in mm of paired world points, (N, 3) each: the TRE of landmark blobs'
     centroids here, and of clicked landmark pairs in the Slicer module."""
@@ -86,7 +79,13 @@ def hd95(a: np.ndarray, b: np.ndarray, grid: Grid) -> float:
 
 @dataclass
 class CaseMetrics:
-    """The accuracy of one registration result on one case."""
+    """The accuracy of one registration result (NaN for what was not measured).
+
+    Attributes:
+        tre_mm: RMS of ``landmark_errors_mm``. dsc: warped MR gland vs TRUS gland. fold_pct: % of TRUS voxels
+        where ``phi`` folds. hd95_mm: 95th percentile Hausdorff distance of the glands.
+        landmark_errors_mm: (N,) errors ``|phi(p_f) - p_m|`` of the point pairs, in their order.
+    """
 
     tre_mm: float
     dsc: float
@@ -95,16 +94,41 @@ class CaseMetrics:
     landmark_errors_mm: np.ndarray
 
 
-def evaluate_transform(case: Case, transform: Transform) -> CaseMetrics:
-    """All metrics of the module docstring for ``transform`` on ``case``."""
-    grid = case.fixed_labels.grid
-    warped_gland = resample(case.moving_labels.array[0], case.moving_labels.grid, transform, grid) > 0.5
-    fixed_gland = case.fixed_labels.array[0] > 0.5
-    errors = landmark_errors(case, transform)
+def measure(transform: Transform, fixed_grid: Grid, *, moving_gland: np.ndarray | None = None,
+            moving_grid: Grid | None = None, fixed_gland: np.ndarray | None = None,
+            fixed_points: np.ndarray | None = None, moving_points: np.ndarray | None = None,
+            regularity: bool = True) -> CaseMetrics:
+    """The one entry point for every metric of the module docstring; the library's evaluation, the Slicer Logic's
+    evaluation panel and sweep table, and the web app's pair residuals all call it.
+
+    Args:
+        transform: ``phi``, fixed world -> moving world.
+        fixed_grid: the TRUS grid DSC, HD95 and folding are computed on.
+        moving_gland, moving_grid: the MR gland (k, j, i) on its grid; fixed_gland: the TRUS gland (k, j, i) on
+            ``fixed_grid``. DSC and HD95 need all three (NaN otherwise).
+        fixed_points, moving_points: (N, 3) paired world points (LPS mm): TRUS landmarks and the matching MR ones.
+        regularity: compute folding and HD95 (the costly ones; NaN when False).
+    """
+    errors = np.zeros(0) if fixed_points is None else point_errors(transform, fixed_points, moving_points)
+    dsc = hd95_mm = float("nan")
+    if moving_gland is not None and fixed_gland is not None:
+        warped = resample(moving_gland, moving_grid, transform, fixed_grid) > 0.5
+        fixed = np.asarray(fixed_gland) > 0.5
+        dsc = dice(warped, fixed)
+        if regularity:
+            hd95_mm = hd95(warped, fixed, fixed_grid)
     return CaseMetrics(
         tre_mm=rms(errors),
-        dsc=dice(warped_gland, fixed_gland),
-        fold_pct=folding_percent(transform, grid),
-        hd95_mm=hd95(warped_gland, fixed_gland, grid),
+        dsc=dsc,
+        fold_pct=folding_percent(transform, fixed_grid) if regularity else float("nan"),
+        hd95_mm=hd95_mm,
         landmark_errors_mm=errors,
     )
+
+
+def evaluate_transform(case: Case, transform: Transform) -> CaseMetrics:
+    """All metrics of the module docstring for ``transform`` on ``case`` (landmarks: its label blobs' centroids)."""
+    return measure(transform, case.fixed_labels.grid, moving_gland=case.moving_labels.array[0],
+                   moving_grid=case.moving_labels.grid, fixed_gland=case.fixed_labels.array[0],
+                   fixed_points=landmark_centroids(case.fixed_labels),
+                   moving_points=landmark_centroids(case.moving_labels))

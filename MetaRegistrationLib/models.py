@@ -3,22 +3,24 @@
 A model is a checkpoint pair (``NAME.safetensors`` + ``NAME.json``, see
 :mod:`MetaRegistrationLib.checkpoint`) whose card's ``config`` holds
 ``{"network": NetworkConfig fields, "adaptation": AdaptationSettings fields}``.
-The bundled meta-learned initialisation lives in the Slicer module's
-``Resources/Models`` folder, beside this library in the source tree.
+The bundled meta-learned initialisation is package data of this library
+(``bundled_models/``): it travels with the library into a wheel and, copied by
+``MetaRegistration/CMakeLists.txt``, into a built Slicer extension.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import NamedTuple, Union
 
-from .adaptation import AdaptationSettings
-from .checkpoint import load_checkpoint, save_checkpoint
-from .errors import CheckpointError
+from .settings import AdaptationSettings, validated
+from .checkpoint import checkpoint_files, load_checkpoint, save_checkpoint
+from .errors import CheckpointError, InputError
 from .network import NetworkConfig, RegistrationNet
 
-BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "MetaRegistration" / "Resources" / "Models" / "meta-init"
-"""Stem of the bundled meta-learned initialisation."""
+BUNDLED_MODEL = Path(__file__).resolve().parent / "bundled_models" / "meta-init"
+"""Stem of the bundled meta-learned initialisation (the one place that names it)."""
 
 
 def model_config(network: NetworkConfig, adaptation: AdaptationSettings) -> dict:
@@ -30,19 +32,43 @@ def _build(config: dict) -> RegistrationNet:
     return RegistrationNet(NetworkConfig.from_dict(config["network"]))
 
 
-def load_model(path: str | Path | None = None) -> tuple[RegistrationNet, AdaptationSettings, dict]:
-    """Load a model (the bundled one by default): ``(network, adaptation settings, card)``.
+class Model(NamedTuple):
+    """A registration model in memory: the network, the adaptation settings it is used with, and its card
+    (``{}`` for a model that was never saved)."""
+
+    network: RegistrationNet
+    settings: AdaptationSettings
+    card: dict
+
+
+ModelSource = Union[str, Path, Model, None]
+"""Where a model comes from: a checkpoint stem or file, a model in memory, or ``None`` for the bundled one."""
+
+
+def load_model(path: str | Path | None = None) -> Model:
+    """Load a model (the bundled one by default).
 
     Raises:
-        CheckpointError: naming the file, if it is missing, tampered with or does not fit.
+        CheckpointError: naming the file, if it is missing, tampered with or does not fit, or if its adaptation
+            settings have a wrong type, an unknown key or a value out of range.
     """
     path = BUNDLED_MODEL if path is None else Path(path)
     network, card = load_checkpoint(path, _build)
+    card_path = checkpoint_files(path)[1]
     try:
-        settings = AdaptationSettings(**card["config"].get("adaptation", {}))
-    except TypeError as error:
-        raise CheckpointError(f"{path}: its adaptation settings are not understood ({error})") from None
-    return network.train(), settings, card
+        settings = validated(AdaptationSettings, card["config"].get("adaptation", {}), str(card_path),
+                             prefix="config.adaptation")
+    except InputError as error:
+        raise CheckpointError(str(error)) from None
+    for name, tensor in network.state_dict().items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise CheckpointError(f"{checkpoint_files(path)[0]}: weight {name} holds NaN or infinite values")
+    return Model(network.train(), settings, card)
+
+
+def resolve_model(source: ModelSource) -> Model:
+    """The model a :data:`ModelSource` names (loaded from disk unless it is already a :class:`Model`)."""
+    return source if isinstance(source, Model) else load_model(source)
 
 
 def save_model(path: str | Path, network: RegistrationNet, settings: AdaptationSettings,

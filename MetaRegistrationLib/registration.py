@@ -1,8 +1,15 @@
-"""Registration methods by name: what ``metareg evaluate --method`` and the Slicer Logic run.
+"""The registry of registration methods: every method the CLI, the Slicer Logic and the web app can run, by name.
 
-A method registers one case and yields one :class:`MethodResult` per evaluation
-point: a single result for a method that sees the whole TRUS volume, or one per
-frame count for a method that adapts over a sweep of frames.
+A :class:`Method` says how it builds its transform from what is available:
+
+- a *whole-volume* method (``sweep=False``) sees the whole TRUS volume and yields one :class:`MethodResult`;
+- a *sweep* method (``sweep=True``) sees only the tracked frames acquired so far (image, gland label, pose), the
+  MR with its gland, and any landmark pairs given; it runs as an :class:`~.adaptation.AdaptationSession`
+  (:meth:`Method.start_session`, what the interactive front ends use) and, on a case, yields one result per
+  frame count of a simulated sweep.
+
+A new method is one :func:`register_method` call here; ``metareg evaluate --method``, ``evaluateFolder`` and
+``startSession(method=...)`` of the Slicer Logic and the web app find it by name.
 """
 
 from __future__ import annotations
@@ -16,13 +23,15 @@ from pathlib import Path
 
 import torch
 
-from .adaptation import F_MIN, AdaptationSession, AdaptationSettings, UpdateResult
+from .adaptation import F_MIN, AdaptationResult, AdaptationSession
+from .alignment import ALIGNMENT_METHODS, initial_alignment
 from .checkpoint import checkpoint_files
-from .data import Case
+from .data import Case, Volume
 from .errors import InputError
-from .geometry import ALIGNMENT_METHODS, Transform, initial_alignment
-from .models import BUNDLED_MODEL, load_model
+from .geometry import Grid, Transform
+from .models import BUNDLED_MODEL, Model, ModelSource, load_model
 from .network import RegistrationNet
+from .settings import AdaptationSettings
 from .sweep import Frame, extract_frame, sweep_positions
 
 SWEEP_FRAMES = 10
@@ -46,32 +55,121 @@ class MethodResult:
     updates: int | None = None
 
 
-MethodFunction = Callable[[Case, Sequence[int], "Path | None"], Iterator[MethodResult]]
-"""``(case, frame_counts, model_path) -> results``; methods without a model ignore ``model_path``."""
+CaseRegistration = Callable[[Case, Sequence[int], ModelSource], Iterator[MethodResult]]
+"""``(case, frame_counts, model) -> results``; methods without a model ignore ``model``."""
+SessionFactory = Callable[[ModelSource, Volume, Volume, Grid, "str | torch.device"], AdaptationSession]
+"""``(model, moving_image, moving_labels, fixed_grid, device) -> session`` of a sweep method."""
 
 
-def _alignment_method(name: str) -> MethodFunction:
-    def run(case: Case, frame_counts: Sequence[int], model_path: Path | None) -> Iterator[MethodResult]:
+@dataclass(frozen=True)
+class Method:
+    """A registration method.
+
+    Attributes:
+        name: what users type (``--method``, ``method=``).
+        description: one line for help texts and tables.
+        register: registers a case (evaluation); see :data:`CaseRegistration`.
+        uses_model: whether a model (``--model``) changes what it does.
+        session: for a sweep method, builds its interactive session; ``None`` for a whole-volume method.
+    """
+
+    name: str
+    description: str
+    register: CaseRegistration
+    uses_model: bool = False
+    session: SessionFactory | None = None
+
+    @property
+    def sweep(self) -> bool:
+        """Whether the method adapts over acquired frames (and so reports per frame count)."""
+        return self.session is not None
+
+    def start_session(self, moving_image: Volume, moving_labels: Volume, fixed_grid: Grid,
+                      model: ModelSource = None, device: str | torch.device = "cpu") -> AdaptationSession:
+        """An interactive session of this sweep method (the MR gland, channel 0 of ``moving_labels``, only)."""
+        if self.session is None:
+            raise InputError(f"method {self.name!r} registers whole volumes; an interactive sweep needs one of "
+                             f"{', '.join(name for name, method in METHODS.items() if method.sweep)}")
+        return self.session(model, moving_image, moving_labels, fixed_grid, device)
+
+
+METHODS: dict[str, Method] = {}
+"""Every registered method, by name, in registration order."""
+
+
+def register_method(method: Method) -> Method:
+    """Add a method to :data:`METHODS` (a name may be registered once)."""
+    if method.name in METHODS:
+        raise ValueError(f"a method named {method.name!r} is already registered")
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name``.
+
+    Raises:
+        InputError: naming the unknown method and the known ones.
+    """
+    if name not in METHODS:
+        raise InputError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+# --- whole-volume alignments --------------------------------------------------------------------------------------
+
+def _alignment(name: str) -> CaseRegistration:
+    def register(case: Case, frame_counts: Sequence[int], model: ModelSource) -> Iterator[MethodResult]:
         start = time.perf_counter()
         # These baselines use the whole TRUS volume (and, for "centroid", its whole gland label).
         matrix = initial_alignment(name, case.fixed_image.grid, case.moving_image.grid,
                                    case.fixed_labels.array[0], case.moving_labels.array[0])
         yield MethodResult(Transform(matrix), time.perf_counter() - start)
 
-    run.__doc__ = f"Initial alignment {name!r} only, from the whole TRUS volume."
-    return run
+    return register
 
+
+ALIGNMENT_DESCRIPTIONS = {
+    "identity": "world coordinates as stored (no alignment)",
+    "fov-centre": "the TRUS field-of-view centre onto the MR's",
+    "centroid": "the whole TRUS gland's centroid onto the MR gland's",
+}
+for _name in ALIGNMENT_METHODS:
+    register_method(Method(_name, f"initial alignment from the whole TRUS volume: {ALIGNMENT_DESCRIPTIONS[_name]}",
+                           _alignment(_name)))
+
+
+# --- sweep methods ------------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=4)
-def _load_model_version(model_path: Path | None, modified_ns: int):
+def _load_model_version(model_path: Path | None, modified_ns: int) -> Model:
     return load_model(model_path)
 
 
-def _cached_model(model_path: Path | None):
-    """The model at ``model_path``, loaded once per version of its card (sessions copy the network,
+def _model(source: ModelSource) -> Model:
+    """The model of ``source``; one on disk is loaded once per version of its card (sessions copy the network,
     so one loaded model serves every case)."""
-    card = checkpoint_files(BUNDLED_MODEL if model_path is None else model_path)[1]
-    return _load_model_version(model_path, card.stat().st_mtime_ns if card.exists() else 0)
+    if isinstance(source, Model):
+        return source
+    path = None if source is None else Path(source)
+    card = checkpoint_files(BUNDLED_MODEL if path is None else path)[1]
+    return _load_model_version(path, card.stat().st_mtime_ns if card.exists() else 0)
+
+
+def _untrained_model() -> Model:
+    torch.manual_seed(0)
+    return Model(RegistrationNet(), AdaptationSettings(), {})
+
+
+def _session_factory(adapt: bool = True, untrained: bool = False) -> SessionFactory:
+    def start(model: ModelSource, moving_image: Volume, moving_labels: Volume, fixed_grid: Grid,
+              device: str | torch.device = "cpu") -> AdaptationSession:
+        network, settings, _ = _untrained_model() if untrained else _model(model)
+        if not adapt:
+            settings = dataclasses.replace(settings, updates_per_interaction=0)
+        return AdaptationSession(network, moving_image, moving_labels, fixed_grid, settings=settings, device=device)
+
+    return start
 
 
 def sweep_frames(case: Case, count: int = SWEEP_FRAMES) -> list[Frame]:
@@ -80,7 +178,7 @@ def sweep_frames(case: Case, count: int = SWEEP_FRAMES) -> list[Frame]:
     return [extract_frame(case.fixed_image, gland, p) for p in sweep_positions(gland, count)]
 
 
-def run_sweep(session: AdaptationSession, frames: Sequence[Frame]) -> Iterator[UpdateResult]:
+def run_sweep(session: AdaptationSession, frames: Sequence[Frame]) -> Iterator[AdaptationResult]:
     """Give ``frames`` to ``session`` as a sweep acquires them: the first ``F_MIN - 1`` together (no update
     yet), then one interaction per frame; yields the result of each frame from the ``F_MIN``-th on."""
     session.add_frames(frames[: F_MIN - 1])
@@ -88,55 +186,39 @@ def run_sweep(session: AdaptationSession, frames: Sequence[Frame]) -> Iterator[U
         yield session.add_frames([frame])
 
 
-def _untrained_model():
-    torch.manual_seed(0)
-    return RegistrationNet(), AdaptationSettings(), {}
+def sweep_session(case: Case, model: ModelSource = None, method: str = "meta") -> AdaptationSession:
+    """A session of the sweep method ``method`` for ``case``. The session takes the MR gland (channel 0) only: no
+    landmark label leaks into the registration."""
+    return get_method(method).start_session(case.moving_image, case.moving_labels, case.fixed_image.grid, model)
 
 
-def sweep_session(case: Case, model_path: Path | None, adapt: bool = True, untrained: bool = False
-                  ) -> AdaptationSession:
-    """A session for ``case`` with the model at ``model_path`` (the bundled one when None; a randomly initialised
-    network when ``untrained``); ``adapt=False`` runs no gradient step. The session takes the MR gland (channel 0)
-    only: no landmark label leaks into the registration."""
-    network, settings, _ = _untrained_model() if untrained else _cached_model(model_path)
-    if not adapt:
-        settings = dataclasses.replace(settings, updates_per_interaction=0)
-    return AdaptationSession(network, case.moving_image, case.moving_labels, case.fixed_image.grid, settings=settings)
-
-
-def _sweep_method(adapt: bool, untrained: bool = False) -> MethodFunction:
-    def run(case: Case, frame_counts: Sequence[int], model_path: Path | None) -> Iterator[MethodResult]:
+def _sweep(name: str) -> CaseRegistration:
+    def register(case: Case, frame_counts: Sequence[int], model: ModelSource) -> Iterator[MethodResult]:
         counts = sorted(set(frame_counts)) or [SWEEP_FRAMES]
         if counts[0] < F_MIN:
             raise InputError(f"a sweep method registers from {F_MIN} frames on; frame counts {counts} start lower")
-        session = sweep_session(case, model_path, adapt, untrained)
+        session = sweep_session(case, model, name)
         for result in run_sweep(session, sweep_frames(case, counts[-1])):
             if result.frames in counts:
                 yield MethodResult(result.transform, result.seconds, result.frames, result.updates)
 
-    run.__doc__ = ("The network adapted over a right-to-left sweep, one update per frame from the second frame on."
-                   if adapt else "The network without adaptation, predicting from the frames of a sweep.")
-    if untrained:
-        run.__doc__ += " The network is randomly initialised (seed 0), not trained."
-    return run
+    return register
 
 
-METHODS: dict[str, MethodFunction] = {
-    **{name: _alignment_method(name) for name in ALIGNMENT_METHODS},
-    "meta": _sweep_method(adapt=True),
-    "meta-noadapt": _sweep_method(adapt=False),
-    "random-init": _sweep_method(adapt=True, untrained=True),
-}
-"""Every method ``metareg evaluate`` accepts, by name."""
+register_method(Method("meta", "the network (bundled or --model) adapted over a right-to-left sweep, one update per "
+                       "frame from the second frame on", _sweep("meta"), uses_model=True,
+                       session=_session_factory()))
+register_method(Method("meta-noadapt", "the same network predicting from the sweep's frames, no gradient update",
+                       _sweep("meta-noadapt"), uses_model=True, session=_session_factory(adapt=False)))
+register_method(Method("random-init", "a randomly initialised network (seed 0) adapted like meta",
+                       _sweep("random-init"), session=_session_factory(untrained=True)))
 
 BEST_METHOD = "meta"
 """The default of the demo: the bundled model adapted over a sweep (docs/RESULTS.md has its numbers)."""
 
 
 def run_method(name: str, case: Case, frame_counts: Sequence[int] = (),
-               model_path: str | Path | None = None) -> Iterator[MethodResult]:
-    """Register ``case`` with the named method (a model-based one uses ``model_path``, the bundled model by
+               model: ModelSource = None) -> Iterator[MethodResult]:
+    """Register ``case`` with the named method (a model-based one uses ``model``, the bundled model by
     default); yields its results in order."""
-    if name not in METHODS:
-        raise InputError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[name](case, frame_counts, None if model_path is None else Path(model_path))
+    return get_method(name).register(case, frame_counts, model)

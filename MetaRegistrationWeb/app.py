@@ -1,4 +1,4 @@
-"""``metareg app``: the interactive sweep in a web browser, on 3D Slicer's own views (trame-slicer).
+"""``metareg-app``: the interactive sweep in a web browser, on 3D Slicer's own views (trame-slicer).
 
 The page has a side panel (case, sweep, overlay, landmark pairs, evaluation, exports) and three Slicer views:
 the TRUS sagittal plane (the plane of the frames; it follows the last acquired frame), the TRUS axial plane
@@ -438,7 +438,7 @@ def _plotDataUrl(rows: list[dict]) -> str:
 
 
 def main(dataDir: str | None, caseId: str | None, modelPath: str | None, port: int) -> int:
-    """Serve the app on 127.0.0.1:``port`` until interrupted (the ``metareg app`` command)."""
+    """Serve the app on 127.0.0.1:``port`` until interrupted (the ``metareg-app`` command)."""
     import os
 
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")

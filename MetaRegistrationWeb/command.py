@@ -1,4 +1,4 @@
-"""``metareg app [--data DIR --case ID] [--port N] [--model PATH]``: serve the web app on 127.0.0.1.
+"""``metareg-app [--data DIR --case ID] [--port N] [--model PATH]``: serve the web app on 127.0.0.1.
 
 With no ``--data`` it opens the synthetic phantom case. trame-slicer is imported only when the command runs.
 """
@@ -6,15 +6,19 @@ With no ``--data`` it opens the synthetic phantom case. trame-slicer is imported
 from __future__ import annotations
 
 import argparse
+import sys
 
 DEFAULT_PORT = 8080
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metareg-app", description="The interactive sweep in a web browser "
+                                     "(trame-slicer), on the Slicer module's Logic.")
     parser.add_argument("--data", help="data folder in the layout of mrus-prostate (default: the synthetic phantom)")
     parser.add_argument("--case", help="case ID in --data (default: its first case)")
     parser.add_argument("--model", help="model stem (NAME of NAME.safetensors + NAME.json; default: bundled)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default {DEFAULT_PORT})")
+    return parser
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,9 +26,28 @@ def run(args: argparse.Namespace) -> int:
 
     if args.case and not args.data:
         raise InputError("--case needs --data (the folder the case is in)")
+    if not 1 <= args.port <= 65535:
+        raise InputError(f"--port must be between 1 and 65535, got {args.port}")
     try:
         from . import app
     except ImportError as error:
-        raise InputError(f"the web app needs trame-slicer ({error}); install it with: pip install -e '.[app]'") \
-            from None
+        raise InputError(f"the web app needs trame-slicer ({error}); install it with: pip install "
+                         "'slicer-meta-registration[app]'") from None
     return app.main(args.data, args.case, args.model, args.port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from MetaRegistrationLib.errors import MetaRegistrationError
+
+    try:
+        return run(args)
+    except MetaRegistrationError as error:
+        print(f"metareg-app: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,7 +26,7 @@ from MetaRegistrationLib.metrics import point_errors
 from MetaRegistrationLib.registration import SWEEP_FRAMES, sweep_frames
 from MetaRegistrationLib.sweep import rasterise_frames
 from MetaRegistrationSlicer import conversions
-from MetaRegistrationSlicer.logic import MetaRegistrationCoreLogic, PendingInteraction, UpdateReport
+from MetaRegistrationSlicer.logic import MetaRegistrationCoreLogic, PendingInteraction, InteractionReport
 
 ACQUIRED_GLAND_COLOR = (0.2, 0.9, 0.3)
 """The TRUS gland of the acquired frames (green); the warped MR gland keeps the Logic's colour (orange)."""
@@ -110,7 +110,7 @@ class SweepWorkflow:
         """The landmark pairs placed (matched by label) and not given yet, read by the Logic."""
         return self.logic.prepareLandmarks(self.mrPairPoints, self.trusPairPoints)
 
-    def finish(self, pending: PendingInteraction) -> UpdateReport:
+    def finish(self, pending: PendingInteraction) -> InteractionReport:
         """Write the outputs of an adapted interaction and refresh what the views show of the sweep."""
         try:
             report = self.logic.finishInteraction(pending)
@@ -125,15 +125,15 @@ class SweepWorkflow:
             self._showRegistration()
         return report
 
-    def run(self, pending: PendingInteraction) -> UpdateReport:
+    def run(self, pending: PendingInteraction) -> InteractionReport:
         """Adapt and finish in the calling thread."""
         pending.adapt()
         return self.finish(pending)
 
-    def acquireNextFrame(self) -> UpdateReport:
+    def acquireNextFrame(self) -> InteractionReport:
         return self.run(self.prepareNextFrame())
 
-    def reset(self) -> UpdateReport:
+    def reset(self) -> InteractionReport:
         """Back to no frame and no pair: the session returns to the initialisation."""
         report = self.logic.reset()
         self._acquired = []

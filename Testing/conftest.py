@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +9,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MetaRegistrationLib.adaptation import AdaptationSettings
+from MetaRegistrationLib.settings import AdaptationSettings
 from MetaRegistrationLib.data import FOLDERS, default_data_dir
 from MetaRegistrationLib.models import save_model
 from MetaRegistrationLib.network import NetworkConfig, RegistrationNet
-
-# The Slicer module's own package (MetaRegistrationSlicer) sits beside MetaRegistration.py, as Slicer loads it.
-MODULE_DIR = Path(__file__).resolve().parents[1] / "MetaRegistration"
-if str(MODULE_DIR) not in sys.path:
-    sys.path.insert(0, str(MODULE_DIR))
 
 
 def blob(shape_kji, centre_kji, sigma_vox) -> np.ndarray:

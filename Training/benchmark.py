@@ -37,11 +37,13 @@ from monai.losses import BendingEnergyLoss, DiceLoss, MultiScaleLoss
 from monai.networks.blocks import Warp
 from monai.networks.nets import LocalNet
 
-from MetaRegistrationLib.adaptation import AdaptationSession, AdaptationSettings, UpdateResult
+from MetaRegistrationLib.adaptation import AdaptationResult, AdaptationSession
+from MetaRegistrationLib.settings import AdaptationSettings
 from MetaRegistrationLib.checkpoint import checkpoint_files
 from MetaRegistrationLib.data import Case, Dataset
 from MetaRegistrationLib.errors import InputError
-from MetaRegistrationLib.geometry import initial_alignment, warp
+from MetaRegistrationLib.alignment import initial_alignment
+from MetaRegistrationLib.geometry import warp
 from MetaRegistrationLib.losses import DICE_SCALES_MM
 from MetaRegistrationLib.models import BUNDLED_MODEL, load_model
 from MetaRegistrationLib.network import RegistrationNet
@@ -88,7 +90,7 @@ def load_benchmark_model(path: str | Path | None) -> tuple[RegistrationNet, Adap
 
 
 def time_sweeps(case: Case, network: RegistrationNet, settings: AdaptationSettings, sweeps: int, frames: int,
-                device: torch.device) -> list[UpdateResult]:
+                device: torch.device) -> list[AdaptationResult]:
     """The results of every interaction of ``sweeps`` timed sweeps of ``frames`` frames, after one untimed
     warm-up sweep.
 

@@ -1,4 +1,8 @@
-"""The ``metareg`` command: demo, batch evaluation, benchmark, paired comparison and the web app.
+"""The ``metareg`` command: demo, batch evaluation, benchmark, paired comparison and landmark pairs.
+
+Each subcommand is a module of this package with ``add_arguments(parser)`` and ``run(args)``; only the chosen one
+is imported, so ``metareg --help`` answers without loading torch or MONAI. The web app is a front end of its own
+(``metareg-app``, in ``MetaRegistrationWeb``).
 
 A user error (bad file, bad argument value, mismatched checkpoint) is printed as
 one line and exits with status 2; nothing is written in that case.
@@ -7,38 +11,41 @@ one line and exits with status 2; nothing is written in that case.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from MetaRegistrationLib import __version__
-from MetaRegistrationLib.errors import MetaRegistrationError
-
-from MetaRegistrationWeb import command as app_command
-
-from . import benchmark, compare, demo, evaluate, pairs
 
 SUBCOMMANDS = {
-    "demo": (demo, "register one case (the built-in phantom by default) and draw a figure"),
-    "evaluate": (evaluate, "batch evaluation: TRE, DSC and folding per case, summary, report and box plots"),
-    "benchmark": (benchmark, "time adaptation updates and predictions"),
-    "compare": (compare, "paired Wilcoxon test of two evaluations' per-case TRE and DSC"),
-    "pairs": (pairs, "what clinician landmark pairs buy after a sweep: TRE on held-out landmarks"),
-    "app": (app_command, "the interactive sweep in a web browser (trame-slicer), on the Slicer module's Logic"),
+    "demo": "register one case (the built-in phantom by default) and draw a figure",
+    "evaluate": "batch evaluation: TRE, DSC and folding per case, summary, report and box plots",
+    "benchmark": "time adaptation updates and predictions",
+    "compare": "paired Wilcoxon test of two evaluations' per-case TRE and DSC",
+    "pairs": "what clinician landmark pairs buy after a sweep: TRE on held-out landmarks",
 }
+"""Subcommand -> its help line; the module ``Training.<name>`` implements it."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser; only the subcommand named in ``argv`` (if any) gets its module's arguments."""
     parser = argparse.ArgumentParser(prog="metareg", description="Interactive meta-learned MR-to-TRUS registration.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, help_text) in SUBCOMMANDS.items():
+    chosen = next((word for word in argv if not word.startswith("-")), None)
+    for name, help_text in SUBCOMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+        if name == chosen:
+            module = importlib.import_module(f"{__package__}.{name}")
+            module.add_arguments(sub)
+            sub.set_defaults(run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
+    from MetaRegistrationLib.errors import MetaRegistrationError
+
     try:
         return args.run(args)
     except MetaRegistrationError as error:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from MetaRegistrationLib.adaptation import AdaptationSettings
+from MetaRegistrationLib.settings import AdaptationSettings
 from MetaRegistrationLib.data import Dataset, default_data_dir
 from MetaRegistrationLib.errors import InputError
 from MetaRegistrationLib.evaluation import SUMMARY_COLUMNS, evaluate_cases, summarise, to_csv

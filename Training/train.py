@@ -40,7 +40,8 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from MetaRegistrationLib.adaptation import AdaptationSettings, adaptation_step, build_problem
+from MetaRegistrationLib.adaptation import adaptation_step, build_problem
+from MetaRegistrationLib.settings import AdaptationSettings
 from MetaRegistrationLib.alignment import frames_gland_alignment
 from MetaRegistrationLib.checkpoint import checkpoint_files, read_card
 from MetaRegistrationLib.data import Case, Dataset, default_data_dir
@@ -222,7 +223,7 @@ def beta_meta(config: TrainConfig, episode: int) -> float:
 def validate(model: RegistrationNet, config: TrainConfig, dataset: Dataset, case_ids: list[str],
              checkpoint_stem: Path) -> dict:
     """Sweep validation of the latest checkpoint: TRE and DSC at 10 frames (``meta`` method)."""
-    rows = evaluate_cases(dataset, case_ids, "meta", [config.f_max], model_path=checkpoint_stem)
+    rows = evaluate_cases(dataset, case_ids, "meta", [config.f_max], model=checkpoint_stem)
     (summary,) = summarise(rows)
     return {"median_tre_mm": summary.median_tre_mm, "mean_dsc": summary.mean_dsc}
 
@@ -341,7 +342,7 @@ def bundle(run_dir: Path, checkpoint: str, out: Path, frames: int = 10) -> dict:
     network, settings, card = load_model(source)
     dataset = Dataset(config.data or default_data_dir())
     val_ids = dataset.split(config.val_split)
-    rows = evaluate_cases(dataset, val_ids, "meta", [frames], model_path=source)
+    rows = evaluate_cases(dataset, val_ids, "meta", [frames], model=source)
     (summary,) = summarise(rows)
     metrics = {"split": config.val_split, "cases": len(val_ids), "frames": frames,
                "median_tre_mm": round(summary.median_tre_mm, 3), "mean_tre_mm": round(summary.mean_tre_mm, 3),
@@ -363,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = commands.add_parser("bundle", help="evaluate a run's checkpoint on val and write it as a model with its card")
     sub.add_argument("--run", type=Path, required=True, help="run folder")
     sub.add_argument("--checkpoint", default="latest", help="checkpoint name in the run folder (default: latest)")
-    sub.add_argument("--out", type=Path, required=True, help="output model stem, e.g. MetaRegistration/Resources/Models/meta-init")
+    sub.add_argument("--out", type=Path, required=True, help="output model stem, e.g. MetaRegistrationLib/bundled_models/meta-init")
     args = parser.parse_args(argv)
     try:
         if args.command == "bundle":

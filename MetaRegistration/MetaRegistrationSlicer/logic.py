@@ -35,8 +35,6 @@ import numpy as np
 
 import slicer
 
-BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "meta-init"
-"""The bundled meta-learned model, beside the module file in the source tree and in the built extension alike."""
 OUTPUT_TRANSFORM_NAME = "MR to TRUS (MetaRegistration)"
 OUTPUT_VOLUME_NAME = "MR registered to TRUS"
 OUTPUT_SEGMENTATION_NAME = "MR segmentation registered to TRUS"
@@ -46,8 +44,9 @@ SWEEP_COLUMNS = ("frames", "updates", "landmark_pairs", "tre_mm", "dsc", "second
 
 
 @dataclass
-class UpdateReport:
-    """What one interaction did (a frame, landmark pairs, a start or a reset), for the GUI and the console.
+class InteractionReport:
+    """What one interaction did on the scene (a frame, landmark pairs, a start or a reset), for the GUI and the
+    console: the library's ``AdaptationResult`` timings plus the time to write the output nodes, and a status line.
 
     Attributes:
         frames, landmarkPairs, updates: totals in the session after the interaction.
@@ -121,7 +120,7 @@ class PendingInteraction:
         self.newLandmarkLabels = list(newLandmarkLabels)
         self.unmatchedLabels = list(unmatchedLabels)
         self.frame = None  # the MetaRegistrationLib.sweep.Frame of a frame interaction
-        self.result = None  # MetaRegistrationLib.adaptation.UpdateResult, once adapted
+        self.result = None  # MetaRegistrationLib.adaptation.AdaptationResult, once adapted
         self.error = None
 
     def adapt(self) -> None:
@@ -168,7 +167,7 @@ class MetaRegistrationCoreLogic:
         self.evaluationTableNode = None
         self._sweepRows: list[tuple] = []
         self.lastTransform = None
-        self.reports: list[UpdateReport] = []
+        self.reports: list[InteractionReport] = []
         self.statusText = "No session: select the MR, its segmentation and the TRUS volume, then start."
 
     @property
@@ -204,7 +203,7 @@ class MetaRegistrationCoreLogic:
 
     def startSession(self, movingVolume, movingSegmentation, fixedVolume, modelPath: str | None = None,
                      device: str = "cpu", movingSegmentId: str | None = None, outputTransform=None,
-                     outputVolume=None, outputSegmentation=None, resampleVolume: bool = False) -> UpdateReport:
+                     outputVolume=None, outputSegmentation=None, resampleVolume: bool = False) -> InteractionReport:
         """Start registering an MR to a TRUS sweep (a session already running is replaced).
 
         Args:
@@ -213,7 +212,7 @@ class MetaRegistrationCoreLogic:
                 the only segment, or the one named "prostate" or "gland") or a labelmap volume (voxels > 0).
             fixedVolume: the 3D TRUS volume giving the TRUS geometry (world coordinates); results live on its grid.
             modelPath: a model checkpoint stem (``NAME`` of ``NAME.safetensors`` + ``NAME.json``); the bundled
-                meta-learned model (:data:`BUNDLED_MODEL`) if omitted.
+                meta-learned model (``MetaRegistrationLib.models.BUNDLED_MODEL``) if omitted.
             device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
             outputTransform, outputVolume, outputSegmentation: nodes to write the results to; new nodes are
                 created at the first registration when omitted (the resampled MR only if ``resampleVolume``).
@@ -245,7 +244,7 @@ class MetaRegistrationCoreLogic:
         if min(fixedGrid.size) < 2:
             raise InputError(f"{conversions.nodeName(fixedVolume)}: is a single slice; the TRUS geometry must be 3D")
         segments = self._segmentsOf(movingSegmentation, movingSegmentId, movingGland, movingImage.grid)
-        network, settings, _ = load_model(modelPath or BUNDLED_MODEL)
+        network, settings, _ = load_model(modelPath)
         if device == "auto":
             import torch
 
@@ -270,7 +269,7 @@ class MetaRegistrationCoreLogic:
         self.lastTransform = None
         self._sweepTracking = None  # its TRUS gland was read on the previous session's grid
         self._resetSweepTable()
-        report = UpdateReport(status=f"Session started: {self._inputs.movingVolumeName} to "
+        report = InteractionReport(status=f"Session started: {self._inputs.movingVolumeName} to "
                                      f"{self._inputs.fixedVolumeName} on {device}; add tracked frames "
                                      "(the first update needs 2)")
         self.statusText = report.status
@@ -312,7 +311,7 @@ class MetaRegistrationCoreLogic:
             raise InputError("no registration session: start one with the MR, its segmentation and the TRUS volume")
         return self._session
 
-    def addFrame(self, frameVolume, frameSegmentation, segmentId: str | None = None) -> UpdateReport:
+    def addFrame(self, frameVolume, frameSegmentation, segmentId: str | None = None) -> InteractionReport:
         """Add one tracked TRUS frame and its gland segmentation; from the second frame on, adapt the network and
         refresh the outputs.
 
@@ -341,12 +340,12 @@ class MetaRegistrationCoreLogic:
         pending.frame = frame
         return pending
 
-    def runInteraction(self, pending: PendingInteraction) -> UpdateReport:
+    def runInteraction(self, pending: PendingInteraction) -> InteractionReport:
         """Adapt and write the outputs of a prepared interaction, in the calling thread."""
         pending.adapt()
         return self.finishInteraction(pending)
 
-    def finishInteraction(self, pending: PendingInteraction) -> UpdateReport:
+    def finishInteraction(self, pending: PendingInteraction) -> InteractionReport:
         """Write the outputs of an adapted interaction (main thread) and report it.
 
         Raises:
@@ -362,7 +361,7 @@ class MetaRegistrationCoreLogic:
         self._givenLandmarkLabels += pending.newLandmarkLabels
         return self._afterInteraction(pending.result, pending.unmatchedLabels)
 
-    def addFrames(self, frames: Iterable, progress: Callable[[int, str], None] | None = None) -> list[UpdateReport]:
+    def addFrames(self, frames: Iterable, progress: Callable[[int, str], None] | None = None) -> list[InteractionReport]:
         """Add frames one at a time, as a sweep acquires them: ``frames`` yields ``(frameVolume, frameSegmentation)``.
 
         ``progress(index, status)`` is called after each frame; :meth:`cancel` stops before the next one.
@@ -380,7 +379,7 @@ class MetaRegistrationCoreLogic:
         return reports
 
     def addFrameSequence(self, frameSequence, segmentationSequence,
-                         progress: Callable[[int, str], None] | None = None) -> list[UpdateReport]:
+                         progress: Callable[[int, str], None] | None = None) -> list[InteractionReport]:
         """Add the frames of a sequence node, in order, each with the item of ``segmentationSequence`` at the same
         index value (a sequence of segmentation or labelmap nodes)."""
         from MetaRegistrationLib.errors import InputError
@@ -401,7 +400,7 @@ class MetaRegistrationCoreLogic:
             pairs.append((frameSequence.GetNthDataNode(n), label))
         return self.addFrames(pairs, progress)
 
-    def addLandmarks(self, movingLandmarks, fixedLandmarks) -> UpdateReport:
+    def addLandmarks(self, movingLandmarks, fixedLandmarks) -> InteractionReport:
         """Add the landmark pairs (MR point, TRUS point) matched by control point label that were not given yet,
         as one interaction. Labels in one node only are reported in the result, not used.
 
@@ -430,7 +429,7 @@ class MetaRegistrationCoreLogic:
         return PendingInteraction(lambda: session.add_landmarks(movingNew, fixedNew), description,
                                   [labels[n] for n in new], unmatched)
 
-    def reset(self) -> UpdateReport:
+    def reset(self) -> InteractionReport:
         """Forget every frame and landmark pair; the outputs return to the identity (no registration)."""
         from MetaRegistrationLib.geometry import Transform
 
@@ -441,7 +440,7 @@ class MetaRegistrationCoreLogic:
         self.lastTransform = None
         self._resetSweepTable()
         seconds = self._writeOutputs(Transform(np.eye(4)), create=False)
-        report = UpdateReport(outputSeconds=seconds, status="Reset: 0 frames; outputs show no registration")
+        report = InteractionReport(outputSeconds=seconds, status="Reset: 0 frames; outputs show no registration")
         self.statusText = report.status
         return report
 
@@ -451,13 +450,13 @@ class MetaRegistrationCoreLogic:
         if self._session is not None:
             self._session.cancel()
 
-    def _afterInteraction(self, result, unmatched: Sequence[str] = ()) -> UpdateReport:
-        """Write the outputs of a library ``UpdateResult`` and report it."""
+    def _afterInteraction(self, result, unmatched: Sequence[str] = ()) -> InteractionReport:
+        """Write the outputs of a library ``AdaptationResult`` and report it."""
         outputSeconds = 0.0
         if result.transform is not None:
             self.lastTransform = result.transform
             outputSeconds = self._writeOutputs(result.transform, create=True)
-        report = UpdateReport(
+        report = InteractionReport(
             frames=result.frames, landmarkPairs=len(self._givenLandmarkLabels), updates=result.updates,
             registered=result.transform is not None, preparationSeconds=result.preparation_seconds,
             updateSeconds=sum(result.update_seconds), predictSeconds=result.predict_seconds,
@@ -615,7 +614,7 @@ class MetaRegistrationCoreLogic:
         if self.sweepTableNode is not None:
             _fillTable(self.sweepTableNode, SWEEP_COLUMNS, [])
 
-    def _appendSweepRow(self, report: UpdateReport) -> None:
+    def _appendSweepRow(self, report: InteractionReport) -> None:
         from MetaRegistrationLib.geometry import resample
         from MetaRegistrationLib.metrics import dice, point_errors, rms
 
@@ -692,7 +691,7 @@ class MetaRegistrationCoreLogic:
         dataset = Dataset(dataDir)
         caseIds = list(cases) if cases else dataset.split(split) if split else dataset.case_ids()
         frameCounts = sorted(set(frames))
-        rows = evaluate_cases(dataset, caseIds, method, frameCounts, modelPath or BUNDLED_MODEL,
+        rows = evaluate_cases(dataset, caseIds, method, frameCounts, modelPath,
                               progress=progress, label=label)
         summary = summarise(rows)
         command = (f"MetaRegistrationLogic.evaluateFolder({str(dataDir)!r}, {str(outputDir)!r}, method={method!r}, "

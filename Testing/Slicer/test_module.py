@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from MetaRegistrationLib.checkpoint import checkpoint_files
+from MetaRegistrationLib.models import BUNDLED_MODEL
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "MetaRegistration"
 MODULE_FILE = MODULE / "MetaRegistration.py"
 UI_FILE = MODULE / "Resources" / "UI" / "MetaRegistration.ui"
@@ -168,17 +169,14 @@ def test_every_file_the_module_imports_or_loads_is_listed_in_cmakelists():
     assert sorted(str(p.relative_to(ROOT)) for p in files - scripts) == []
     listed_resources = set(lists["MODULE_PYTHON_RESOURCES"])
     loaded = resources_loaded()
-    assert "Resources/UI/MetaRegistration.ui" in loaded and "Resources/Models/meta-init" in loaded
-    for resource in loaded:
-        if not Path(resource).suffix:  # a model stem: its checkpoint pair
-            wanted = {str(Path(p).relative_to(MODULE)) for p in checkpoint_files(MODULE / resource)}
-        else:
-            wanted = {resource}
-        assert wanted <= listed_resources, f"{resource} is loaded but not listed"
+    assert "Resources/UI/MetaRegistration.ui" in loaded
+    assert loaded <= listed_resources, f"loaded but not listed: {sorted(loaded - listed_resources)}"
     assert "Resources/Icons/MetaRegistration.png" in listed_resources  # Slicer shows it in the module list
-    # Listed files exist (the bundled model is written by `metareg-train bundle`, so it may be missing here).
-    missing = [str(p) for p in scripts | {MODULE / r for r in listed_resources}
-               if not p.exists() and "Resources/Models" not in str(p)]
+    bundled = {str(path.relative_to(ROOT)) for path in checkpoint_files(BUNDLED_MODEL)}
+    assert bundled <= set(lists["LIBRARY_RESOURCES"])
+    missing = [str(p) for p in scripts | {MODULE / r for r in listed_resources} | {ROOT / r for r in
+                                                                                 lists["LIBRARY_RESOURCES"]}
+               if not p.exists()]
     assert missing == []
 
 

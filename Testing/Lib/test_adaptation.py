@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from MetaRegistrationLib import adaptation
-from MetaRegistrationLib.adaptation import AdaptationSession, AdaptationSettings
+from MetaRegistrationLib.adaptation import AdaptationSession
+from MetaRegistrationLib.settings import AdaptationSettings
 from MetaRegistrationLib.alignment import frames_gland_alignment
 from MetaRegistrationLib.errors import InputError
-from MetaRegistrationLib.geometry import Grid, apply_affine, initial_alignment, translation
+from MetaRegistrationLib.alignment import initial_alignment
+from MetaRegistrationLib.geometry import Grid, apply_affine, translation
 from MetaRegistrationLib.metrics import evaluate_transform
 from MetaRegistrationLib.network import RegistrationNet
 from MetaRegistrationLib.phantom import make_phantom_case

@@ -143,7 +143,7 @@ def test_landmark_pairs_are_scored_on_held_out_landmarks_only(synthetic_dataset,
     leaves nothing to hold out (2 of 2) is reported, not scored."""
     import torch
 
-    from MetaRegistrationLib.adaptation import AdaptationSettings
+    from MetaRegistrationLib.settings import AdaptationSettings
     from MetaRegistrationLib.data import Dataset
     from MetaRegistrationLib.evaluation import PAIR_COLUMNS, evaluate_cases
     from MetaRegistrationLib.models import save_model

@@ -21,7 +21,7 @@ from MetaRegistrationLib.network import RegistrationNet
 from Training import train as train_module
 from Training.train import TrainConfig, beta_meta, load_config, main
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+REPOSITORY = Path(__file__).resolve().parents[2]
 WAIT_SECONDS = 300.0
 """Bound on waiting for the training subprocess: generous, so only a hang fails it."""
 
@@ -251,7 +251,7 @@ def test_beta_meta_decays_linearly_from_start_to_end():
 
 
 def test_every_shipped_config_is_valid():
-    configs = sorted((Path(__file__).resolve().parents[1] / "Training" / "configs").glob("*.yaml"))
+    configs = sorted((Path(__file__).resolve().parents[2] / "Training" / "configs").glob("*.yaml"))
     assert len(configs) >= 8
     for path in configs:
         config = train_module.load_config(path)

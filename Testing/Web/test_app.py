@@ -1,4 +1,4 @@
-"""The web app (``metareg app``) driven in headless Chromium as a clinician uses it.
+"""The web app (``metareg-app``) driven in headless Chromium as a clinician uses it.
 
 The app runs in its own process on a free loopback port; Playwright drives Debian's Chromium (``make test``
 installs it; ``playwright install`` is never used). Every wait has a bound, and the server started here is
@@ -35,7 +35,7 @@ SERVER_START_SECONDS = 120
 RESULT_SECONDS = 30
 """Bound on waiting for one frame's result in the page (the target, 3 s, is measured and printed, not asserted)."""
 FRAMES = 10
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -48,25 +48,25 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    """``metareg app`` (the phantom case) on a free loopback port, stopped after the module's tests."""
+    """``metareg-app`` (the phantom case) on a free loopback port, stopped after the module's tests."""
     port = free_port()
     log = tmp_path_factory.mktemp("app") / "server.log"
     env = dict(os.environ, VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow")
     with log.open("w") as output:
-        server = subprocess.Popen([sys.executable, "-m", "Training.cli", "app", "--port", str(port)], cwd=REPO,
+        server = subprocess.Popen([sys.executable, "-m", "MetaRegistrationWeb.command", "--port", str(port)], cwd=REPO,
                                   env=env, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + SERVER_START_SECONDS
         while True:
             if server.poll() is not None:
-                pytest.fail(f"metareg app exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+                pytest.fail(f"metareg-app exited with {server.returncode}:\n{log.read_text()[-3000:]}")
             try:
                 urllib.request.urlopen(url, timeout=2).close()
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    pytest.fail(f"metareg app did not answer within {SERVER_START_SECONDS} s:\n"
+                    pytest.fail(f"metareg-app did not answer within {SERVER_START_SECONDS} s:\n"
                                 f"{log.read_text()[-3000:]}")
                 time.sleep(0.5)
         yield url

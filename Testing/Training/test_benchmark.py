@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from MetaRegistrationLib.adaptation import AdaptationSettings
+from MetaRegistrationLib.settings import AdaptationSettings
 from MetaRegistrationLib.errors import InputError, MetaRegistrationError
 from MetaRegistrationLib.models import save_model
 from MetaRegistrationLib.network import RegistrationNet

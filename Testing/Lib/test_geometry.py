@@ -8,13 +8,13 @@ import SimpleITK as sitk
 import torch
 from scipy.spatial.transform import Rotation
 
+from MetaRegistrationLib.alignment import initial_alignment
 from MetaRegistrationLib.errors import InputError
 from MetaRegistrationLib.geometry import (
     LPS_TO_RAS,
     Grid,
     Transform,
     apply_affine,
-    initial_alignment,
     resample,
     translation,
     warp,

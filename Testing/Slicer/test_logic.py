@@ -13,7 +13,7 @@ import torch
 slicer = pytest.importorskip("slicer", reason="slicer-core (3D Slicer's MRML as a wheel) is not installed")
 import vtk  # noqa: E402
 
-from MetaRegistrationLib.adaptation import AdaptationSettings  # noqa: E402
+from MetaRegistrationLib.settings import AdaptationSettings  # noqa: E402
 from MetaRegistrationLib.data import Case, Dataset, Volume  # noqa: E402
 from MetaRegistrationLib.errors import InputError  # noqa: E402
 from MetaRegistrationLib.evaluation import evaluate_cases  # noqa: E402
