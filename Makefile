@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(BIN)/metareg demo --out demo-output
+	$(BIN)/metareg demo --out demo-output --overwrite
 
 # The browser tests drive Debian's Chromium (never a browser downloaded by `playwright install`).
 chromium:
