@@ -9,13 +9,15 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-from .data import Dataset
-from .metrics import evaluate_transform, landmark_centroids, point_errors, rms
+from .data import Case, Dataset
+from .errors import MetaRegistrationError
+from .metrics import evaluate_transform, landmark_centroids, measure
 from .models import Model, ModelSource, resolve_model
 from .registration import SWEEP_FRAMES, get_method, run_method, run_sweep, sweep_frames, sweep_session
 
@@ -54,6 +56,18 @@ class SummaryRow:
     sd_dsc: float
 
 
+@contextmanager
+def naming_the_case(case_id: str) -> Iterator[None]:
+    """Prefix ``case ID: `` to a :class:`~.errors.MetaRegistrationError` raised inside (a sweep's message, for
+    one, names no file), unless it already names the case."""
+    try:
+        yield
+    except MetaRegistrationError as error:
+        if str(error).startswith(f"case {case_id}"):
+            raise
+        raise type(error)(f"case {case_id}: {error}") from None
+
+
 def evaluate_cases(dataset: Dataset, case_ids: Sequence[str], method: str, frame_counts: Sequence[int] = (),
                    model: ModelSource = None,
                    progress: Callable[[str], None] | None = None, label: str | None = None) -> list[CaseRow]:
@@ -67,12 +81,13 @@ def evaluate_cases(dataset: Dataset, case_ids: Sequence[str], method: str, frame
         model = resolve_model(model)  # a bad model file fails before any case is read, and is read once
     rows = []
     for case_id in case_ids:
-        case = dataset.load(case_id)
-        for result in run_method(method, case, frame_counts, model):
-            metrics = evaluate_transform(case, result.transform)
-            rows.append(CaseRow(case_id, label or method, result.frames, result.updates, metrics.tre_mm, metrics.dsc,
-                                metrics.fold_pct, result.seconds, metrics.hd95_mm,
-                                tuple(float(e) for e in metrics.landmark_errors_mm)))
+        with naming_the_case(case_id):
+            case = dataset.load(case_id)
+            for result in run_method(method, case, frame_counts, model):
+                metrics = evaluate_transform(case, result.transform)
+                rows.append(CaseRow(case_id, label or method, result.frames, result.updates, metrics.tre_mm,
+                                    metrics.dsc, metrics.fold_pct, result.seconds, metrics.hd95_mm,
+                                    tuple(float(e) for e in metrics.landmark_errors_mm)))
         if progress is not None:
             progress(case_id)
     return rows
@@ -104,25 +119,35 @@ def evaluate_landmark_pairs(dataset: Dataset, case_ids: Sequence[str], pair_coun
     counts = sorted(set(pair_counts))
     if not counts or counts[0] < 1:
         raise ValueError(f"pair counts must be >= 1, got {list(pair_counts)}")
+    if model is not None and not isinstance(model, Model):
+        model = resolve_model(model)
     rows = []
     for case_id in case_ids:
-        case = dataset.load(case_id)
-        moving, fixed = landmark_centroids(case.moving_labels), landmark_centroids(case.fixed_labels)
-        session = sweep_session(case, model)
-        after_sweep = list(run_sweep(session, sweep_frames(case, frames)))[-1]
-        given = 0
-        for count in counts:
-            if count >= len(fixed):
-                break
-            while given < count:
-                result = session.add_landmarks(moving[given][None], fixed[given][None])
-                given += 1
-            held = slice(count, None)
-            rows.append(PairRow(case_id, count, len(fixed) - count, frames,
-                                rms(point_errors(after_sweep.transform, fixed[held], moving[held])),
-                                rms(point_errors(result.transform, fixed[held], moving[held])), result.seconds))
+        with naming_the_case(case_id):
+            rows += _landmark_pairs_of(dataset.load(case_id), counts, model, frames)
         if progress is not None:
             progress(case_id)
+    return rows
+
+
+def _landmark_pairs_of(case: Case, counts: Sequence[int], model: ModelSource, frames: int) -> list[PairRow]:
+    moving, fixed = landmark_centroids(case.moving_labels), landmark_centroids(case.fixed_labels)
+    session = sweep_session(case, model)
+    after_sweep = list(run_sweep(session, sweep_frames(case, frames)))[-1]
+
+    def held_out_tre(transform, count: int) -> float:
+        return measure(transform, case.fixed_image.grid, fixed_points=fixed[count:], moving_points=moving[count:],
+                       regularity=False).tre_mm
+
+    rows, given = [], 0
+    for count in counts:
+        if count >= len(fixed):
+            break
+        while given < count:
+            result = session.add_landmarks(moving[given][None], fixed[given][None])
+            given += 1
+        rows.append(PairRow(case.case_id, count, len(fixed) - count, frames, held_out_tre(after_sweep.transform, count),
+                            held_out_tre(result.transform, count), result.seconds))
     return rows
 
 

@@ -1,10 +1,11 @@
-"""Atomic file output: a reader never sees a half-written file, a failure leaves none."""
+"""Atomic file output: a reader never sees a half-written file, a failure leaves none; and the check of an output
+folder that every command makes before it starts (:func:`check_output_folder`)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,3 +57,57 @@ def staged_outputs(folder: str | Path) -> Iterator[Path]:
         folder.mkdir(exist_ok=True)
         for staged in sorted(Path(staging).iterdir()):
             os.replace(staged, folder / staged.name)
+
+
+def _probe_writable(folder: Path, subject: Path) -> None:
+    """Create and remove a temporary folder in ``folder``: the real test (permissions, ACLs, read-only mounts)."""
+    try:
+        Path(tempfile.mkdtemp(dir=folder, prefix=".metareg-write-test-")).rmdir()
+    except OSError as error:
+        where = "there" if folder == subject else f"in {folder}"
+        raise InputError(f"{subject}: cannot write {where} ({error.strerror or error})") from None
+
+
+def check_output_folder(folder: str | Path, overwrite: bool = False, protected: Iterable[str | Path | None] = (),
+                        overwrite_hint: str = "--overwrite") -> Path:
+    """Check, before any work starts, that results can go into ``folder`` (see :func:`staged_outputs`).
+
+    Refused, each in one line naming ``folder``: a path that exists and is not a folder; a folder that is, or
+    lies inside, one of ``protected`` (e.g. the data set read, so that no output lands among the user's data);
+    an existing folder that is not empty, unless ``overwrite`` (then files of the same names are replaced, others
+    left alone); and a place that cannot be written (the folder, or the nearest folder above it that exists).
+    ``None`` entries of ``protected`` are ignored. Nothing is created.
+
+    Returns:
+        ``folder`` as a :class:`~pathlib.Path`.
+    """
+    folder = Path(folder)
+    resolved = folder.resolve()
+    for guarded in protected:
+        if guarded is None:
+            continue
+        guarded = Path(guarded).resolve()
+        if resolved == guarded or guarded in resolved.parents:
+            where = "is" if resolved == guarded else "lies inside"
+            raise InputError(f"{folder}: {where} the data folder {guarded}; choose an output folder outside it "
+                             "(nothing is ever written among the input data)")
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: exists and is not a folder; choose a folder for the outputs")
+    if folder.is_dir():
+        try:
+            entries = next(folder.iterdir(), None)
+        except OSError as error:
+            raise InputError(f"{folder}: cannot be read ({error.strerror or error})") from None
+        if entries is not None and not overwrite:
+            raise InputError(f"{folder}: exists and is not empty; give {overwrite_hint} to write into it "
+                             "(files of the same names are replaced) or choose another folder")
+        _probe_writable(folder, folder)
+    # The staging folder is made beside ``folder``: its parent (or the nearest existing folder above) must be
+    # writable too.
+    ancestor = resolved.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"{folder}: {ancestor} is not a folder, so {folder} cannot be made")
+    _probe_writable(ancestor, folder)
+    return folder

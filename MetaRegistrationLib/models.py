@@ -66,6 +66,15 @@ def load_model(path: str | Path | None = None) -> Model:
     return Model(network.train(), settings, card)
 
 
+def training_domain(card: dict) -> dict | None:
+    """A model card's training-domain record (``inputs.training_domain``, as ``metareg-train bundle`` writes it:
+    voxel spacing and field of view of the training images), or ``None`` (then
+    :func:`~MetaRegistrationLib.data.check_training_domain` uses the library's defaults)."""
+    inputs = card.get("inputs")
+    domain = inputs.get("training_domain") if isinstance(inputs, dict) else None
+    return domain if isinstance(domain, dict) else None
+
+
 def resolve_model(source: ModelSource) -> Model:
     """The model a :data:`ModelSource` names (loaded from disk unless it is already a :class:`Model`)."""
     return source if isinstance(source, Model) else load_model(source)

@@ -20,10 +20,13 @@ and rectum at high i, j = left-right, k = the probe axis.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from .data import Case, Volume
+from .data import Case, Dataset, Volume
+from .errors import InputError
 from .geometry import Grid, Transform, translation
 
 MR_SIZE = (69, 69, 64)
@@ -285,3 +288,31 @@ def make_phantom_case(seed: int = 0, scale: float = 1.0, landmark_count: int | N
         fixed_labels=Volume(labels(fixed_maps), fixed_grid, f"{name} TRUS labels"),
     )
     return case, transform
+
+
+def open_case(data_dir: str | Path | None = None, case_id: str | None = None) -> Case:
+    """A case of a data set folder, or the phantom (seed 0) without one: how every front end opens "a real case
+    or the phantom" (``metareg demo`` and ``benchmark``, the web app).
+
+    Args:
+        data_dir: a data set folder (:class:`~.data.Dataset`); ``None`` for the phantom.
+        case_id: a case of ``data_dir``; its first case (sorted) when ``None``.
+
+    Raises:
+        InputError: for a case ID without a folder, a folder that is not a data set or holds no complete case,
+            a case it does not hold, or a bad file of the case (each naming what is at fault).
+    """
+    return open_case_with_truth(data_dir, case_id)[0]
+
+
+def open_case_with_truth(data_dir: str | Path | None = None,
+                         case_id: str | None = None) -> tuple[Case, Transform | None]:
+    """:func:`open_case` and the case's true transform: the phantom's, ``None`` for a real case."""
+    if data_dir is None:
+        if case_id is not None:
+            raise InputError(f"case {case_id!r}: a case ID needs the data folder it is in (without a folder the "
+                             "built-in phantom is opened, which has no case IDs)")
+        return make_phantom_case(seed=0)
+    dataset = Dataset(data_dir)
+    chosen = dataset.select(cases=None if case_id is None else [case_id])
+    return dataset.load(chosen[0]), None

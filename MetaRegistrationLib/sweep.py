@@ -220,8 +220,9 @@ def sweep_positions(fixed_gland: np.ndarray, count: int) -> list[int]:
     low, high = gland_extent(fixed_gland)
     planes = high - low + 1
     if not 1 <= count <= planes:
-        raise InputError(f"cannot place {count} distinct frames on a gland spanning {planes} sagittal planes "
-                         f"(j = {low}..{high}); choose 1 to {planes}")
+        raise InputError(f"cannot place {count} distinct frame{'s' * (count != 1)} on a TRUS gland label "
+                         f"spanning {planes} sagittal plane{'s' * (planes != 1)} (j = {low}..{high}); choose 1 to "
+                         f"{planes} frame{'s' * (planes != 1)}")
     width = planes / count
     centres = high + 0.5 - (np.arange(count) + 0.5) * width
     # Centres are at least one plane apart, so the planes holding them are distinct.
@@ -258,8 +259,8 @@ def random_frame_positions(fixed_gland: np.ndarray, rng: np.random.Generator, f_
     low, high = gland_extent(fixed_gland)
     planes = high - low + 1
     if planes < f_min:
-        raise InputError(f"the gland spans only {planes} sagittal planes (j = {low}..{high}), "
-                         f"fewer than the {f_min} frames asked for")
+        raise InputError(f"the TRUS gland label spans only {planes} sagittal plane{'s' * (planes != 1)} "
+                         f"(j = {low}..{high}), fewer than the {f_min} frames asked for")
     count = int(rng.integers(f_min, min(f_max, planes) + 1))
     length = max(count, int(round(rng.uniform(0.5, 1.0) * planes)))
     start = low + int(rng.integers(0, planes - length + 1))

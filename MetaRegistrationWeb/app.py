@@ -80,20 +80,10 @@ class MetaRegistrationWebApp:
 
     def _load(self, dataDir: str | None, caseId: str | None) -> None:
         """Open a case (the phantom when ``dataDir`` is empty); a bad case leaves the current one open."""
-        from MetaRegistrationLib.data import Dataset
-        from MetaRegistrationLib.errors import InputError
-        from MetaRegistrationLib.phantom import make_phantom_case
+        from MetaRegistrationLib.phantom import open_case
 
-        if dataDir:
-            dataset = Dataset(dataDir)
-            caseIds = dataset.case_ids()
-            if not caseIds:
-                raise InputError(f"{dataDir}: holds no case")
-            case = dataset.load(caseId or caseIds[0])
-            label = f"{case.case_id} ({dataDir})"
-        else:
-            case, _ = make_phantom_case(0)
-            label = "synthetic phantom"
+        case = open_case(dataDir or None, (caseId or None) if dataDir else None)
+        label = f"{case.case_id} ({dataDir})" if dataDir else "synthetic phantom"
         scene = self.slicerApp.scene
         self._stopObserving()
         scene.Clear(False)  # views, slice nodes and the interaction node are singletons: they stay

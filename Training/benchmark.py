@@ -40,14 +40,14 @@ from monai.networks.nets import LocalNet
 from MetaRegistrationLib.adaptation import AdaptationResult, AdaptationSession
 from MetaRegistrationLib.settings import AdaptationSettings
 from MetaRegistrationLib.checkpoint import checkpoint_files
-from MetaRegistrationLib.data import Case, Dataset
+from MetaRegistrationLib.data import Case
 from MetaRegistrationLib.errors import InputError
 from MetaRegistrationLib.alignment import initial_alignment
 from MetaRegistrationLib.geometry import warp
 from MetaRegistrationLib.losses import DICE_SCALES_MM
 from MetaRegistrationLib.models import BUNDLED_MODEL, load_model
 from MetaRegistrationLib.network import RegistrationNet
-from MetaRegistrationLib.phantom import make_phantom_case
+from MetaRegistrationLib.phantom import open_case
 from MetaRegistrationLib.registration import SWEEP_FRAMES, run_sweep, sweep_frames
 
 UPDATE_BUDGET_S = 0.5
@@ -63,16 +63,9 @@ down-samplings, and 16 gives the 48 x 64 x 48 its time was first quoted on."""
 
 
 def load_case(root: str | Path | None, case_id: str | None) -> Case:
-    """A case of a data set folder (its first case if ``case_id`` is ``None``), or the phantom without a folder."""
-    if root is None:
-        return make_phantom_case(seed=0)[0]
-    dataset = Dataset(root)
-    if case_id is None:
-        ids = dataset.case_ids()
-        if not ids:
-            raise InputError(f"{root}: the data set has no complete case")
-        case_id = ids[0]
-    return dataset.load(case_id)
+    """A case of a data set folder (its first case if ``case_id`` is ``None``), or the phantom without a folder
+    (:func:`MetaRegistrationLib.phantom.open_case`)."""
+    return open_case(root, case_id)
 
 
 def load_benchmark_model(path: str | Path | None) -> tuple[RegistrationNet, AdaptationSettings, str]:

@@ -1,7 +1,8 @@
 """``metareg demo``: register one case with the current best method, print TRE/DSC, draw a figure.
 
 With no ``--data`` it runs on the library's synthetic MR/TRUS phantom, so it needs
-nothing but the installed package.
+nothing but the installed package; with ``--data`` alone, on the folder's first case
+(:func:`MetaRegistrationLib.phantom.open_case`, as ``metareg benchmark`` and the web app open cases).
 """
 
 from __future__ import annotations
@@ -11,23 +12,23 @@ from pathlib import Path
 
 import numpy as np
 
-from MetaRegistrationLib.data import Dataset
 from MetaRegistrationLib.errors import InputError
-from MetaRegistrationLib.files import staged_outputs
+from MetaRegistrationLib.files import check_output_folder, staged_outputs
 from MetaRegistrationLib.geometry import Transform
 from MetaRegistrationLib.metrics import CaseMetrics, evaluate_transform
-from MetaRegistrationLib.phantom import make_phantom_case
+from MetaRegistrationLib.phantom import open_case_with_truth
 from MetaRegistrationLib.registration import BEST_METHOD, METHODS, run_method
 
+from .arguments import add_output_arguments
 from .figures import contour_figure
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, help="data set folder (default: the built-in phantom)")
-    parser.add_argument("--case", help="case ID in --data")
+    parser.add_argument("--case", help="case ID in --data (default: its first case)")
     parser.add_argument("--method", default=BEST_METHOD, choices=sorted(METHODS),
                         help="registration method (default: %(default)s, the current best)")
-    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default: %(default)s)")
+    add_output_arguments(parser, "output folder (demo.png)", default=Path("demo-output"))
 
 
 def _line(name: str, metrics: CaseMetrics) -> str:
@@ -35,13 +36,11 @@ def _line(name: str, metrics: CaseMetrics) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if (args.data is None) != (args.case is None):
-        raise InputError("give both --data and --case, or neither for the built-in phantom")
-    truth = None
-    if args.data is None:
-        case, truth = make_phantom_case()
-    else:
-        case = Dataset(args.data).load(args.case)
+    if args.case is not None and args.data is None:
+        raise InputError("--case needs --data (the folder the case is in); with neither, the built-in phantom "
+                         "is registered")
+    check_output_folder(args.out, args.overwrite, protected=(args.data,))
+    case, truth = open_case_with_truth(args.data, args.case)
     *_, final = run_method(args.method, case)  # a sweep method's last result has seen every frame
     results = {"before (identity)": Transform(np.eye(4)), f"after ({args.method})": final.transform}
     if truth is not None:

@@ -15,33 +15,33 @@ import numpy as np
 from scipy.stats import wilcoxon
 from tqdm import tqdm
 
-from MetaRegistrationLib.data import Dataset, default_data_dir
+from MetaRegistrationLib.data import Dataset
 from MetaRegistrationLib.errors import InputError
 from MetaRegistrationLib.evaluation import PAIR_COLUMNS, evaluate_landmark_pairs, to_csv
-from MetaRegistrationLib.files import write_text_atomic
+from MetaRegistrationLib.files import check_output_folder, write_text_atomic
+from MetaRegistrationLib.models import load_model, training_domain
 from MetaRegistrationLib.registration import SWEEP_FRAMES
 
-from .evaluate import frame_counts, select_cases
+from .arguments import add_data_arguments, add_output_arguments, frame_counts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, default=default_data_dir(), help="data set folder (default: %(default)s)")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--split", help="a split named in the data set's split.json, e.g. val")
-    which.add_argument("--cases", help="comma-separated case IDs (default: every case)")
+    add_data_arguments(parser)
     parser.add_argument("--pairs", type=frame_counts, default=[1], help="pair counts, e.g. 1,2 (default: 1)")
     parser.add_argument("--frames", type=int, default=SWEEP_FRAMES, help="frames of the sweep (default: %(default)s)")
     parser.add_argument("--model", type=Path, help="model checkpoint (default: bundled)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (pairs.csv)")
+    add_output_arguments(parser, "output folder (pairs.csv)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.frames < 2:
         raise InputError(f"--frames must be at least 2 (the first update needs 2), got {args.frames}")
-    dataset = Dataset(args.data)
-    case_ids = select_cases(dataset, args.split, args.cases)
+    check_output_folder(args.out, args.overwrite, protected=(args.data,))
+    model = load_model(args.model)  # a bad model fails before any case is read, and is read once
+    dataset = Dataset(args.data, training_domain=training_domain(model.card))
+    case_ids = dataset.select(args.split, args.cases)
     with tqdm(total=len(case_ids), desc="landmark pairs", unit="case") as bar:
-        rows = evaluate_landmark_pairs(dataset, case_ids, args.pairs, args.model, args.frames,
+        rows = evaluate_landmark_pairs(dataset, case_ids, args.pairs, model, args.frames,
                                        progress=lambda case_id: (bar.set_postfix(case=case_id), bar.update()))
     write_text_atomic(args.out / "pairs.csv", to_csv(rows, PAIR_COLUMNS))
     print(f"Held-out landmark TRE after {args.frames} frames, without and with pairs (Wilcoxon signed-rank):")

@@ -69,6 +69,16 @@ def test_sweep_positions_reject_impossible_counts_and_an_empty_gland():
         random_frame_positions(np.zeros_like(gland), np.random.default_rng(0))
 
 
+def test_a_gland_on_one_plane_is_refused_in_one_line():
+    _, gland = volume_and_gland(5, 5)
+    with pytest.raises(InputError) as caught:
+        sweep_positions(gland, 2)
+    assert str(caught.value) == ("cannot place 2 distinct frames on a TRUS gland label spanning 1 sagittal plane "
+                                 "(j = 5..5); choose 1 to 1 frame")
+    with pytest.raises(InputError, match="spans only 1 sagittal plane \\(j = 5..5\\), fewer than the 2 frames"):
+        random_frame_positions(gland, np.random.default_rng(0))
+
+
 def test_random_frame_positions_obey_bounds_and_are_distinct_and_ordered():
     _, gland = volume_and_gland(3, 14)
     rng = np.random.default_rng(42)

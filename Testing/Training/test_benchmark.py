@@ -12,6 +12,7 @@ import torch
 from MetaRegistrationLib.settings import AdaptationSettings
 from MetaRegistrationLib.errors import InputError, MetaRegistrationError
 from MetaRegistrationLib.models import save_model
+from MetaRegistrationLib import phantom
 from MetaRegistrationLib.network import RegistrationNet
 from MetaRegistrationLib.phantom import make_phantom_case
 from Training import benchmark
@@ -30,14 +31,14 @@ def parse(*argv: str) -> argparse.Namespace:
 @pytest.fixture
 def small_phantom(monkeypatch):
     """The phantom at half resolution, so that a benchmark without --data stays quick."""
-    monkeypatch.setattr(benchmark, "make_phantom_case", functools.partial(make_phantom_case, scale=0.5))
+    monkeypatch.setattr(phantom, "make_phantom_case", functools.partial(make_phantom_case, scale=0.5))
     return make_phantom_case(seed=0, scale=0.5)[0]
 
 
 @pytest.fixture
 def tiny_phantom(monkeypatch):
     """The phantom at 0.3 resolution with sweeps of 4 frames (its gland spans 8 planes): the quickest run."""
-    monkeypatch.setattr(benchmark, "make_phantom_case", functools.partial(make_phantom_case, scale=0.3))
+    monkeypatch.setattr(phantom, "make_phantom_case", functools.partial(make_phantom_case, scale=0.3))
     monkeypatch.setattr(benchmark, "SWEEP_FRAMES", 4)
 
 
@@ -122,3 +123,9 @@ def test_real_case_is_read_through_the_data_reader(synthetic_dataset, no_bundled
     assert result["case"] == "b"
     assert result["fixed_shape_kji"] == [14, 18, 16]
     assert result["interactions"] == 3
+
+
+def test_a_case_the_folder_lacks_is_named(synthetic_dataset):
+    with pytest.raises(InputError, match="has no complete case zzz"):
+        benchmark.load_case(synthetic_dataset, "zzz")
+    assert benchmark.load_case(synthetic_dataset, None).case_id == "a"

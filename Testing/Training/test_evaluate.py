@@ -180,6 +180,6 @@ def test_adaptation_settings_can_be_overridden_for_an_evaluation(synthetic_datas
         runs[name] = read_csv(tmp_path / name / "cases.csv")[0]
     assert runs["zero-updates"]["updates"] == "0" and runs["meta"]["updates"] == "2"
     assert float(runs["zero-updates"]["tre_mm"]) == pytest.approx(float(runs["noadapt"]["tre_mm"]), abs=1e-6)
-    with pytest.raises(SystemExit):
-        main(["evaluate", "--data", str(synthetic_dataset), "--method", "meta", "--adapt", "speed=11",
-              "--out", str(tmp_path / "bad")])
+    assert main(["evaluate", "--data", str(synthetic_dataset), "--method", "meta", "--adapt", "speed=11",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
