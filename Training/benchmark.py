@@ -39,7 +39,6 @@ from monai.networks.nets import LocalNet
 
 from MetaRegistrationLib.adaptation import AdaptationResult, AdaptationSession
 from MetaRegistrationLib.settings import AdaptationSettings
-from MetaRegistrationLib.checkpoint import checkpoint_files
 from MetaRegistrationLib.data import Case
 from MetaRegistrationLib.errors import InputError
 from MetaRegistrationLib.alignment import initial_alignment
@@ -52,34 +51,12 @@ from MetaRegistrationLib.registration import SWEEP_FRAMES, run_sweep, sweep_fram
 
 UPDATE_BUDGET_S = 0.5
 PREDICT_BUDGET_S = 0.2
-UNTRAINED = "untrained"
-"""The ``model`` reported when no model file exists: a seeded fresh network with default settings."""
 
 REFERENCE_LEARNING_RATE = 1e-3
 REFERENCE_CHANNELS = 16
 REFERENCE_MULTIPLE = 16
 """The reference LocalNet's input is zero-padded to a multiple of this: it needs 2**3 for its three
 down-samplings, and 16 gives the 48 x 64 x 48 its time was first quoted on."""
-
-
-def load_case(root: str | Path | None, case_id: str | None) -> Case:
-    """A case of a data set folder (its first case if ``case_id`` is ``None``), or the phantom without a folder
-    (:func:`MetaRegistrationLib.phantom.open_case`)."""
-    return open_case(root, case_id)
-
-
-def load_benchmark_model(path: str | Path | None) -> tuple[RegistrationNet, AdaptationSettings, str]:
-    """``(network, settings, name)``: the model at ``path``, else the bundled model, else (only while no
-    bundled model file exists) a fresh network seeded with 0 and default settings, named :data:`UNTRAINED`.
-
-    Raises:
-        CheckpointError: for a given or bundled model that is missing, tampered with or does not fit.
-    """
-    if path is None and not any(file.exists() for file in checkpoint_files(BUNDLED_MODEL)):
-        torch.manual_seed(0)
-        return RegistrationNet(), AdaptationSettings(), UNTRAINED
-    network, settings, _ = load_model(path)
-    return network, settings, str(BUNDLED_MODEL if path is None else path)
 
 
 def time_sweeps(case: Case, network: RegistrationNet, settings: AdaptationSettings, sweeps: int, frames: int,
@@ -162,7 +139,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(the real grid sizes) is used")
     parser.add_argument("--case", metavar="ID", help="case of --data to time (default: its first case)")
     parser.add_argument("--model", metavar="FILE", help="model to time (either file of the pair, or their stem; "
-                        "default: the bundled model, or a fresh untrained network while there is none)")
+                        "default: the bundled model)")
     parser.add_argument("--sweeps", type=int, default=3, metavar="N",
                         help=f"timed sweeps of {SWEEP_FRAMES} frames, after one warm-up sweep (default: 3)")
     parser.add_argument("--reference-repeats", type=int, default=3, metavar="N",
@@ -187,8 +164,9 @@ def run(args: argparse.Namespace) -> int:
     if args.case is not None and args.data is None:
         raise InputError("--case needs --data")
     device = torch.device(args.device)
-    network, settings, model_name = load_benchmark_model(args.model)
-    case = load_case(args.data, args.case)
+    network, settings, _ = load_model(args.model)
+    model_name = str(BUNDLED_MODEL if args.model is None else args.model)
+    case = open_case(args.data, args.case)
     results = time_sweeps(case, network, settings, args.sweeps, SWEEP_FRAMES, device)
     updates = [r.preparation_seconds + sum(r.update_seconds) for r in results]
     steps = [seconds for r in results for seconds in r.update_seconds]

@@ -14,7 +14,7 @@ from MetaRegistrationLib.errors import InputError, MetaRegistrationError
 from MetaRegistrationLib.models import save_model
 from MetaRegistrationLib import phantom
 from MetaRegistrationLib.network import RegistrationNet
-from MetaRegistrationLib.phantom import make_phantom_case
+from MetaRegistrationLib.phantom import make_phantom_case, open_case
 from Training import benchmark
 from Training.cli import main
 
@@ -43,12 +43,6 @@ def tiny_phantom(monkeypatch):
 
 
 @pytest.fixture
-def no_bundled_model(monkeypatch, tmp_path):
-    """A bundled model stem where no file exists, whether or not the real one has been trained yet."""
-    monkeypatch.setattr(benchmark, "BUNDLED_MODEL", tmp_path / "absent" / "meta-init")
-
-
-@pytest.fixture
 def tiny_model(tmp_path):
     """A saved fresh network with two gradient steps per interaction."""
     path = tmp_path / "tiny"
@@ -57,13 +51,14 @@ def tiny_model(tmp_path):
     return path
 
 
-def test_json_output_has_positive_medians(small_phantom, no_bundled_model, capsys):
-    assert benchmark.run(parse("--sweeps", "1", "--reference-repeats", "0", "--json")) == 0
+def test_json_output_has_positive_medians(small_phantom, tiny_model, capsys):
+    assert benchmark.run(parse("--model", str(tiny_model), "--sweeps", "1", "--reference-repeats", "0",
+                               "--json")) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(KEYS) <= set(result)
     assert result["case"] == "phantom-0"
     assert result["device"] == "cpu"
-    assert result["model"] == benchmark.UNTRAINED
+    assert result["model"] == str(tiny_model)
     assert result["sweeps"] == 1
     assert result["interactions"] == benchmark.SWEEP_FRAMES - 1  # one per frame from the second on
     assert result["fixed_shape_kji"] == list(small_phantom.fixed_image.grid.array_shape)
@@ -88,10 +83,10 @@ def test_bad_model_path_is_a_one_line_cli_error(tmp_path, capsys):
     assert err.count("\n") == 1
 
 
-def test_table_output_names_each_row_and_the_model(tiny_phantom, no_bundled_model, capsys):
-    benchmark.run(parse("--sweeps", "1", "--reference-repeats", "0"))
+def test_table_output_names_each_row_and_the_model(tiny_phantom, tiny_model, capsys):
+    benchmark.run(parse("--model", str(tiny_model), "--sweeps", "1", "--reference-repeats", "0"))
     out = capsys.readouterr().out
-    assert "model untrained" in out
+    assert f"model {tiny_model}" in out
     for row in ("update", "predict", "interaction"):
         assert f"\n{row} " in out
     assert "reference_step" not in out
@@ -104,9 +99,9 @@ def test_reference_step_runs_on_a_small_case():
     assert seconds > 0
 
 
-def test_data_errors_reach_the_cli_as_metaregistration_errors(tmp_path, no_bundled_model):
+def test_data_errors_reach_the_cli_as_metaregistration_errors(tmp_path, tiny_model):
     with pytest.raises(MetaRegistrationError, match="data folder not found"):
-        benchmark.run(parse("--data", str(tmp_path / "missing")))
+        benchmark.run(parse("--model", str(tiny_model), "--data", str(tmp_path / "missing")))
 
 
 @pytest.mark.parametrize("argv", [("--sweeps", "0"), ("--case", "a"), ("--reference-repeats", "-1")])
@@ -115,9 +110,9 @@ def test_bad_arguments_are_input_errors(argv):
         benchmark.run(parse(*argv))
 
 
-def test_real_case_is_read_through_the_data_reader(synthetic_dataset, no_bundled_model, monkeypatch, capsys):
+def test_real_case_is_read_through_the_data_reader(synthetic_dataset, tiny_model, monkeypatch, capsys):
     monkeypatch.setattr(benchmark, "SWEEP_FRAMES", 4)  # the tiny gland spans 9 planes only
-    benchmark.run(parse("--data", str(synthetic_dataset), "--case", "b", "--sweeps", "1",
+    benchmark.run(parse("--model", str(tiny_model), "--data", str(synthetic_dataset), "--case", "b", "--sweeps", "1",
                         "--reference-repeats", "0", "--json"))
     result = json.loads(capsys.readouterr().out)
     assert result["case"] == "b"
@@ -127,5 +122,5 @@ def test_real_case_is_read_through_the_data_reader(synthetic_dataset, no_bundled
 
 def test_a_case_the_folder_lacks_is_named(synthetic_dataset):
     with pytest.raises(InputError, match="has no complete case zzz"):
-        benchmark.load_case(synthetic_dataset, "zzz")
-    assert benchmark.load_case(synthetic_dataset, None).case_id == "a"
+        open_case(synthetic_dataset, "zzz")
+    assert open_case(synthetic_dataset, None).case_id == "a"
