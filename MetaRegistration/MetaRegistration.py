@@ -4,9 +4,11 @@ The module file in the scripted-module template's five parts: Module, parameter
 node, Widget, Logic, Test. The Logic is ``MetaRegistrationCoreLogic``
 (``MetaRegistrationSlicer/logic.py``, a plain class tested headlessly on
 slicer-core's MRML) mixed with Slicer's ``ScriptedLoadableModuleLogic``; the
-Widget only reads the GUI and calls it. Torch and the registration library are
-imported on first use, after the dependencies are installed, never when Slicer
-loads this file.
+Widget only reads the GUI and calls it (the Start button is one call,
+``startSessionUsingParameterNode``). Torch and the registration library are
+imported on first use, after the dependencies (``Resources/requirements.txt``,
+checked by ``MetaRegistrationSlicer/dependencies.py``) are installed, never when
+Slicer loads this file.
 """
 
 import logging
@@ -35,11 +37,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+import MetaRegistrationSlicer
+from MetaRegistrationSlicer import dependencies
 from MetaRegistrationSlicer.logic import MetaRegistrationCoreLogic
 
 README_URL = "https://github.com/SlicerMetaRegistration/SlicerMetaRegistration#use-in-3d-slicer"
-REQUIRED_IMPORTS = ("torch", "monai", "safetensors", "SimpleITK", "scipy")
-"""Python modules the registration library needs; torch comes from SlicerPyTorch, the rest from requirements.txt."""
 
 
 #
@@ -144,6 +146,12 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         self.removeObservers()
 
+    def onReload(self) -> None:
+        """Developer mode's Reload: the project's packages first (Slicer's reload re-runs only this file, which
+        would keep the old MetaRegistrationSlicer and MetaRegistrationLib modules), then this file."""
+        MetaRegistrationSlicer.reloadPackages()
+        ScriptedLoadableModuleWidget.onReload(self)
+
     def enter(self) -> None:
         self.initializeParameterNode()
 
@@ -225,11 +233,14 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def _ensureDependencies(self) -> bool:
-        if not self.logic.missingDependencies():
+        """Install what requirements.txt lists and is missing or too old, after one confirmation."""
+        problems = self.logic.missingDependencies()
+        if not problems:
             return True
         if not slicer.util.confirmOkCancelDisplay(
-                "MetaRegistration needs PyTorch (installed through the SlicerPyTorch extension) and a few Python "
-                "packages (MONAI, safetensors). Install them now? This can take several minutes.",
+                f"MetaRegistration needs Python packages that are missing or too old: {'; '.join(problems)}. "
+                "Install them now (PyTorch through the SlicerPyTorch extension, the rest with pip; nothing that "
+                "comes with Slicer is replaced)? This can take several minutes.",
                 "Install dependencies"):
             return False
         self.logic.installDependencies()
@@ -239,13 +250,8 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Failed to start the registration session.", waitCursor=True):
             if not self._ensureDependencies():
                 return
-            p = self._parameterNode
-            report = self.logic.startSession(
-                p.movingVolume, p.movingSegmentation, p.fixedVolume, modelPath=self.logic.modelPathOf(p.modelPath),
-                device=p.device, outputTransform=p.outputTransform, outputVolume=p.outputVolume,
-                outputSegmentation=p.outputSegmentation, resampleVolume=p.resampleVolume)
-            if p.trackSweep and p.movingLandmarks and p.fixedLandmarks:
-                self.logic.trackSweep(p.movingLandmarks, p.fixedLandmarks, p.fixedSegmentation)
+            report = self.logic.startSessionUsingParameterNode(self._parameterNode)
+            if self._parameterNode.trackSweep:
                 self.ui.evaluationTableView.setMRMLTableNode(self.logic.sweepTableNode)
             self._showReport(report)
 
@@ -315,9 +321,10 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class MetaRegistrationLogic(ScriptedLoadableModuleLogic, MetaRegistrationCoreLogic):
-    """The module's Logic: ``MetaRegistrationCoreLogic`` (every registration, output and evaluation call) on
-    ``slicer.mrmlScene``, plus what needs the Slicer application: the parameter node and installing
-    dependencies. From the Python console: ``slicer.util.getModuleLogic("MetaRegistration")``."""
+    """The module's Logic: ``MetaRegistrationCoreLogic`` (every registration, output and evaluation call, and
+    ``startSessionUsingParameterNode``) on ``slicer.mrmlScene``, plus what needs the Slicer application: the
+    parameter node and installing dependencies. From the Python console:
+    ``slicer.util.getModuleLogic("MetaRegistration")``."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -327,35 +334,20 @@ class MetaRegistrationLogic(ScriptedLoadableModuleLogic, MetaRegistrationCoreLog
         return MetaRegistrationParameterNode(super().getParameterNode())
 
     @staticmethod
-    def modelPathOf(path) -> Optional[str]:
-        """The model chosen in the GUI, or ``None`` (the bundled model) when the path field is empty."""
-        text = str(path or "").strip()
-        return None if text in ("", ".") else text
-
-    @staticmethod
     def missingDependencies() -> list:
-        """The Python modules the registration library needs and cannot import."""
-        import importlib.util
-
-        return [name for name in REQUIRED_IMPORTS if importlib.util.find_spec(name) is None]
+        """What ``Resources/requirements.txt`` needs and is not installed in its version range, one line each
+        (empty when everything is in place)."""
+        return [problem.message for problem in dependencies.checkDependencies()]
 
     def installDependencies(self) -> None:
-        """Install torch through SlicerPyTorch (which picks the CPU or CUDA build), then ``requirements.txt``."""
-        if "torch" in self.missingDependencies():
-            try:
-                import PyTorchUtils
-            except ImportError:
-                raise RuntimeError("MetaRegistration needs the PyTorch extension: install it from the Extensions "
-                                   "Manager and restart Slicer") from None
-            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
-                raise RuntimeError("PyTorch could not be installed; see the PyTorch module for details")
-        if self.missingDependencies():
-            requirements = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
-            slicer.util.pip_install(["-r", requirements])
-        still = self.missingDependencies()
-        if still:
-            raise RuntimeError(f"could not install {', '.join(still)}; see the Python console for the pip log")
-        logging.info("MetaRegistration dependencies installed")
+        """Install torch through SlicerPyTorch (in the range requirements.txt gives), then the pip packages of
+        requirements.txt, upgrading old versions; never the packages Slicer ships (those are only checked).
+
+        Raises:
+            MetaRegistrationSlicer.dependencies.DependencyError: saying what is still wrong and what to do.
+        """
+        installed = dependencies.installDependencies(pipInstall=slicer.util.pip_install)
+        logging.info(f"MetaRegistration dependencies in place (installed with pip: {', '.join(installed) or 'none'})")
 
 
 #
@@ -364,7 +356,10 @@ class MetaRegistrationLogic(ScriptedLoadableModuleLogic, MetaRegistrationCoreLog
 
 
 class MetaRegistrationTest(ScriptedLoadableModuleTest):
-    """Runs in 3D Slicer (Developer mode, Reload and Test, or ctest): a synthetic phantom through the Logic."""
+    """Runs in 3D Slicer (Developer mode, Reload and Test, or ctest): a synthetic phantom through the Logic.
+
+    It installs nothing: without the dependencies it says so and stops (start a session from the module's panel
+    to install them)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -374,43 +369,37 @@ class MetaRegistrationTest(ScriptedLoadableModuleTest):
         self.test_MetaRegistrationSession()
 
     def test_MetaRegistrationSession(self):
+        problems = MetaRegistrationLogic.missingDependencies()
+        if problems:
+            self.delayDisplay(f"Test skipped: dependencies missing ({'; '.join(problems)}); start a session from "
+                              "the module's panel to install them")
+            return
+
         import tempfile
 
         import numpy as np
-
-        logic = MetaRegistrationLogic()
-        if logic.missingDependencies():
-            logic.installDependencies()
         import torch
 
-        from MetaRegistrationLib.settings import AdaptationSettings
+        from MetaRegistrationLib.geometry import Transform
         from MetaRegistrationLib.metrics import evaluate_transform
         from MetaRegistrationLib.models import save_model
         from MetaRegistrationLib.network import RegistrationNet
         from MetaRegistrationLib.phantom import make_phantom_case
-        from MetaRegistrationLib.geometry import Transform, weighted_centroid
         from MetaRegistrationLib.registration import sweep_frames
+        from MetaRegistrationLib.settings import AdaptationSettings
         from MetaRegistrationSlicer import conversions
 
+        logic = MetaRegistrationLogic()
         self.delayDisplay("Building a synthetic MR/TRUS phantom")
         case, _ = make_phantom_case(seed=0, scale=0.5)
         scene = slicer.mrmlScene
-        nodes = {}
-        for side, image, labels in (("MR", case.moving_image, case.moving_labels),
-                                    ("TRUS", case.fixed_image, case.fixed_labels)):
-            nodes[side] = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", side)
-            conversions.updateVolumeNode(nodes[side], image.array[0], image.grid)
-            nodes[side + " gland"] = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", side + " gland")
-            conversions.updateVolumeNode(nodes[side + " gland"], (labels.array[0] > 0.5).astype(np.uint8),
-                                         labels.grid)
-            points = {f"L{n}": weighted_centroid(c, labels.grid) for n, c in enumerate(labels.array[1:], 1)}
-            nodes[side + " points"] = conversions.markupsFromPoints(scene, points, side + " landmarks")
+        nodes = conversions.caseNodes(scene, case)
         torch.manual_seed(0)
         modelPath = os.path.join(tempfile.mkdtemp(), "untrained")
         save_model(modelPath, RegistrationNet(), AdaptationSettings())
 
         self.delayDisplay("Registering over a sweep of 6 frames")
-        logic.startSession(nodes["MR"], nodes["MR gland"], nodes["TRUS"], modelPath=modelPath, device="cpu",
+        logic.startSession(nodes["MR"], nodes["MR segmentation"], nodes["TRUS"], modelPath=modelPath, device="cpu",
                            resampleVolume=True)
         frames = [conversions.frameNodesFromFrame(scene, frame, f"frame {n}")
                   for n, frame in enumerate(sweep_frames(case, 6), 1)]
@@ -423,7 +412,7 @@ class MetaRegistrationTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Evaluating from landmark fiducials")
         result = logic.evaluate(nodes["MR points"], nodes["TRUS points"], logic.outputTransformNode,
-                                nodes["MR gland"], nodes["TRUS gland"])
+                                nodes["MR segmentation"], nodes["TRUS segmentation"])
         self.assertAlmostEqual(result.dsc, after, places=6)
         self.assertEqual(logic.evaluationTableNode.GetNumberOfRows(), len(result.labels) + 4)
         path = os.path.join(tempfile.mkdtemp(), "evaluation.csv")

@@ -11,11 +11,19 @@ What a session may use at each moment: the MR and its labels, the frames acquire
 so far (image, gland label, pose) and the landmark pairs given so far. The
 initial alignment is recomputed from exactly that at every interaction
 (:func:`alignment.frames_gland_alignment`), unless the caller fixes one.
+
+An interaction is all or nothing. Its inputs are checked before any step (a NaN or
+infinite pixel, pose, point, weight or setting is refused), and any error after
+that, however late (a gradient step, a non-finite loss or displacement, the
+prediction, or the caller's own outputs through :meth:`AdaptationSession.snapshot`
+and :meth:`AdaptationSession.restore`), leaves the session exactly as it was:
+frames, landmark pairs, updates, network weights and optimiser state.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import time
 from collections.abc import Sequence
@@ -26,7 +34,7 @@ import torch
 
 from .alignment import frames_gland_alignment, initial_alignment
 from .data import Volume
-from .errors import InputError
+from .errors import InputError, MetaRegistrationError
 from .geometry import Grid, Transform, apply_affine, sample, warp
 from .losses import LossTerms, registration_loss_terms
 from .network import RegistrationNet, make_inputs
@@ -38,6 +46,25 @@ F_MIN = 2
 
 SAME_POSE_TOLERANCE = 1e-3
 """Two frames whose pose matrices agree to this (mm, and unitless in the rotation) are the same plane."""
+
+
+class FrameError(InputError):
+    """A frame given to :meth:`AdaptationSession.add_frames` was refused.
+
+    Attributes:
+        index: the frame's number (1-based) within the frames given to that call; count: how many were given.
+        problem: what is wrong, without the frame's number (a front end names the frame its own way).
+        acquired: for a plane already acquired, the number (1-based) of the session's frame on that plane.
+    """
+
+    def __init__(self, index: int, count: int, problem: str, acquired: int | None = None):
+        self.index, self.count, self.problem, self.acquired = index, count, problem, acquired
+        where = f"frame {index} of the {count} given" if count > 1 else "the frame given"
+        super().__init__(f"{where} {problem}" + (f" (frame {acquired} of the session)" if acquired else ""))
+
+
+class AdaptationError(MetaRegistrationError):
+    """The adaptation diverged (a non-finite loss or displacement); the session was rolled back."""
 
 
 @dataclass
@@ -141,6 +168,44 @@ class AdaptationResult:
         return sum(self.update_seconds) + self.preparation_seconds + self.predict_seconds
 
 
+@dataclass(frozen=True)
+class SessionState:
+    """Everything an interaction changes in an :class:`AdaptationSession`, as :meth:`AdaptationSession.snapshot`
+    took it. The accumulators and landmark arrays are held by reference: the session replaces them, never
+    writes into them."""
+
+    model: dict
+    optimizer: dict
+    image_sum: np.ndarray
+    gland_sum: np.ndarray
+    hits: np.ndarray
+    frame_poses: tuple
+    landmarks_moving: np.ndarray
+    landmarks_fixed: np.ndarray
+    updates: int
+    problem: RegistrationProblem | None
+
+
+def _cloned(value):
+    """A copy of a (nested dict and list of) tensors, for a snapshot (a few times faster than ``copy.deepcopy``)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        copied = type(value)((key, _cloned(item)) for key, item in value.items())
+        if hasattr(value, "_metadata"):  # a module state_dict's versions, which load_state_dict reads
+            copied._metadata = value._metadata
+        return copied
+    if isinstance(value, list):
+        return [_cloned(item) for item in value]
+    return value
+
+
+def _check_finite(array, what: str) -> None:
+    """Refuse NaN or infinite values, naming what holds them."""
+    if not np.isfinite(np.asarray(array, dtype=float)).all():
+        raise InputError(f"{what}: holds NaN or infinite values")
+
+
 class AdaptationSession:
     """Registration of one MR to a TRUS sweep as it is acquired.
 
@@ -156,13 +221,24 @@ class AdaptationSession:
             an alignment name of :func:`alignment.initial_alignment` that needs no TRUS
             label, or a 4x4 fixed-world -> moving-world matrix.
         settings: adaptation settings.
+
+    Raises:
+        InputError: for an empty MR gland, or NaN or infinite values in the MR, its labels, the TRUS grid, the
+            network's weights or the settings.
     """
 
     def __init__(self, model: RegistrationNet, moving_image: Volume, moving_labels: Volume, fixed_grid: Grid,
                  initial: str | np.ndarray = "frames", settings: AdaptationSettings = AdaptationSettings(),
                  device: str | torch.device = "cpu"):
+        _check_finite(moving_image.array, moving_image.source)
+        _check_finite(moving_labels.array, moving_labels.source)
+        _check_finite(fixed_grid.index_to_world, f"the TRUS grid ({fixed_grid.describe()})")
         if not (moving_labels.array[0] > 0.5).any():
             raise InputError(f"{moving_labels.source}: the MR gland label (channel 0) is empty")
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+                raise InputError(f"the network's weight {name} holds NaN or infinite values")
+        _check_settings(settings)
         self.device = torch.device(device)
         self.settings = settings
         self.fixed_grid = fixed_grid
@@ -175,6 +251,24 @@ class AdaptationSession:
             initial_alignment(initial, fixed_grid, self.moving_grid)
         self._cancel = threading.Event()
         self.reset()
+
+    def snapshot(self) -> SessionState:
+        """The session's state now, for :meth:`restore` (a caller whose own step after an interaction fails, such
+        as writing its outputs, restores the session to before that interaction)."""
+        return SessionState(_cloned(self.model.state_dict()), _cloned(self.optimizer.state_dict()),
+                            self._image_sum, self._gland_sum, self._hits, tuple(self.frame_poses),
+                            self._landmarks_moving, self._landmarks_fixed, self.updates, self._problem)
+
+    def restore(self, state: SessionState) -> None:
+        """Return to a :meth:`snapshot` of this session (taken since its last :meth:`reset`)."""
+        self.model.load_state_dict(state.model)
+        # load_state_dict keeps the given tensors, which the next steps update in place: give it a copy.
+        self.optimizer.load_state_dict(_cloned(state.optimizer))
+        self._image_sum, self._gland_sum, self._hits = state.image_sum, state.gland_sum, state.hits
+        self.frame_poses = list(state.frame_poses)
+        self._landmarks_moving, self._landmarks_fixed = state.landmarks_moving, state.landmarks_fixed
+        self.updates = state.updates
+        self._problem = state.problem
 
     def reset(self) -> None:
         """Forget every interaction and return to the initial network."""
@@ -208,50 +302,85 @@ class AdaptationSession:
         """Add tracked frames and, from the second frame on, adapt and predict.
 
         Raises:
-            InputError: for a frame outside the TRUS grid, with an empty gland
-                label, or on a plane already acquired; the session is then unchanged.
+            FrameError: for a frame with NaN or infinite pixels or pose, outside the TRUS grid, with an empty
+                gland label, or on a plane already acquired (numbered within ``frames``).
+            AdaptationError: when the adaptation diverges.
+            In every case, and for any other error, the session is unchanged.
         """
         self._cancel.clear()  # a cancel() from now on, even while frames are checked, stops this interaction
+        _check_settings(self.settings)
+        frames = list(frames)
         rasterised = []
         poses = list(self.frame_poses)
-        for number, frame in enumerate(frames, start=self.frame_count + 1):
-            if any(np.allclose(frame.pose, pose, atol=SAME_POSE_TOLERANCE) for pose in poses):
-                raise InputError(f"frame {number} lies on a plane already acquired")
-            if not (frame.gland > 0.5).any():
-                raise InputError(f"frame {number} has an empty gland label")
-            image, gland, mask = rasterise_frames([frame], self.fixed_grid)
-            if not mask.any():
-                raise InputError(f"frame {number} lies outside the TRUS grid ({self.fixed_grid.describe()})")
+        for index, frame in enumerate(frames, start=1):
+            problem, acquired = None, None
+            for what, values in (("pixels", frame.image), ("gland label", frame.gland), ("pose", frame.pose)):
+                if not np.isfinite(values).all():
+                    problem = f"has NaN or infinite values in its {what}"
+                    break
+            if problem is None:
+                same = [n for n, pose in enumerate(poses, start=1)
+                        if np.allclose(frame.pose, pose, atol=SAME_POSE_TOLERANCE)]
+                if same and same[0] <= self.frame_count:
+                    problem, acquired = "lies on a plane already acquired", same[0]
+                elif same:
+                    problem = f"lies on the plane of frame {same[0] - self.frame_count} of the {len(frames)} given"
+            if problem is None and not (frame.gland > 0.5).any():
+                problem = "has an empty gland label"
+            if problem is None:
+                image, gland, mask = rasterise_frames([frame], self.fixed_grid)
+                if not mask.any():
+                    problem = f"lies outside the TRUS grid ({self.fixed_grid.describe()})"
+            if problem is not None:
+                raise FrameError(index, len(frames), problem, acquired)
             poses.append(frame.pose)
             rasterised.append((image, gland, mask, frame.pose))
-        for image, gland, mask, pose in rasterised:
-            self._image_sum += image * mask
-            self._gland_sum += gland * mask
-            self._hits += mask
-            self.frame_poses.append(pose)
-        return self._interact()
+        state = self.snapshot()
+        try:
+            # New arrays, never in place: a snapshot holds the old ones.
+            for image, gland, mask, pose in rasterised:
+                self._image_sum = self._image_sum + image * mask
+                self._gland_sum = self._gland_sum + gland * mask
+                self._hits = self._hits + mask
+                self.frame_poses.append(pose)
+            return self._interact()
+        except BaseException:
+            self.restore(state)
+            raise
 
     def add_landmarks(self, moving_points: np.ndarray, fixed_points: np.ndarray) -> AdaptationResult:
         """Add clinician landmark pairs (MR world point, TRUS world point), LPS mm, shape (N, 3) each.
 
         Raises:
-            InputError: for mismatched shapes or a point outside its image; the session is then unchanged.
+            InputError: for mismatched shapes, a NaN or infinite coordinate, or a point outside its image.
+            AdaptationError: when the adaptation diverges.
+            In every case, and for any other error, the session is unchanged.
         """
         self._cancel.clear()
+        _check_settings(self.settings)
         moving_points = np.asarray(moving_points, dtype=float).reshape(-1, 3)
         fixed_points = np.asarray(fixed_points, dtype=float).reshape(-1, 3)
         if moving_points.shape != fixed_points.shape:
             raise InputError(f"landmark pairs need as many MR points as TRUS points, got {len(moving_points)} "
                              f"and {len(fixed_points)}")
         for name, points, grid in (("MR", moving_points, self.moving_grid), ("TRUS", fixed_points, self.fixed_grid)):
+            not_finite = np.flatnonzero(~np.isfinite(points).all(axis=1))
+            if not_finite.size:
+                raise InputError(f"{name} landmark {not_finite[0] + 1} has a NaN or infinite coordinate "
+                                 f"({points[not_finite[0]].tolist()})")
             index = apply_affine(grid.world_to_index, points)
             outside = np.flatnonzero(((index < -0.5) | (index > np.asarray(grid.size) - 0.5)).any(axis=1))
             if outside.size:
                 raise InputError(f"{name} landmark {outside[0] + 1} at {np.round(points[outside[0]], 1).tolist()} mm "
                                  f"lies outside the {name} image")
-        self._landmarks_moving = np.vstack([self._landmarks_moving, moving_points])
-        self._landmarks_fixed = np.vstack([self._landmarks_fixed, fixed_points])
-        return self._interact()
+        state = self.snapshot()
+        try:
+            self._landmarks_moving = np.vstack([self._landmarks_moving, moving_points])
+            self._landmarks_fixed = np.vstack([self._landmarks_fixed, fixed_points])
+            return self._interact()
+        except BaseException:
+            self.restore(state)
+            raise
 
     def _acquired(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         covered = self._hits > 0
@@ -285,12 +414,18 @@ class AdaptationSession:
                 cancelled = True
                 break
             start = self._clock()
-            adaptation_step(self.model, self.optimizer, self._problem, self.settings)
+            loss = adaptation_step(self.model, self.optimizer, self._problem, self.settings)
             step_seconds.append(self._clock() - start)
             self.updates += 1
+            if not np.isfinite(loss):
+                raise AdaptationError(f"the adaptation diverged: the loss of update {self.updates} is {loss}; the "
+                                      "session is unchanged (lower the learning rate or check the inputs)")
         start = self._clock()
         transform = self.predict()
         predict_seconds = self._clock() - start
+        if not np.isfinite(transform.displacement).all():
+            raise AdaptationError(f"the adaptation diverged: the displacement after update {self.updates} holds NaN "
+                                  "or infinite values; the session is unchanged (lower the learning rate)")
         status = (f"{self.frame_count} frames, {len(self._landmarks_fixed)} landmark pairs, {self.updates} updates"
                   + (" (cancelled)" if cancelled else ""))
         return AdaptationResult(transform, self.frame_count, self.updates, step_seconds, preparation_seconds,
@@ -309,3 +444,11 @@ class AdaptationSession:
         with torch.inference_mode():
             displacement = self.model(self._problem.inputs)[0].double().cpu().numpy()
         return Transform(self._problem.initial.double().cpu().numpy(), displacement, self.fixed_grid)
+
+
+def _check_settings(settings: AdaptationSettings) -> None:
+    """Refuse settings with a NaN or infinite number (validated settings have none; a forged object may)."""
+    for item in dataclasses.fields(settings):
+        value = getattr(settings, item.name)
+        if isinstance(value, float) and not np.isfinite(value):
+            raise InputError(f"adaptation setting {item.name} is {value}; a finite number is needed")

@@ -22,7 +22,7 @@ from MetaRegistrationLib.data import Case
 from MetaRegistrationLib.errors import InputError, MetaRegistrationError
 from MetaRegistrationLib.files import atomic_path
 from MetaRegistrationLib.geometry import apply_affine
-from MetaRegistrationLib.metrics import point_errors
+from MetaRegistrationLib import metrics
 from MetaRegistrationLib.registration import SWEEP_FRAMES, sweep_frames
 from MetaRegistrationLib.sweep import rasterise_frames
 from MetaRegistrationSlicer import conversions
@@ -190,16 +190,20 @@ class SweepWorkflow:
 
     def pairs(self) -> list[dict]:
         """Placed pairs, ``{"label", "mr", "trus", "error_mm"}``: LPS points (the MR point in MR coordinates) or
-        None, and for a complete pair under a registration its residual ``|phi(p_TRUS) - p_MR|`` (else None)."""
+        None, and for a complete pair under a registration its residual ``|phi(p_TRUS) - p_MR|`` (else None), from
+        ``MetaRegistrationLib.metrics.measure`` like every other number the app shows."""
         mr = conversions.pointsFromMarkups(self.mrPairPoints, world=False)
         trus = conversions.pointsFromMarkups(self.trusPairPoints, world=True)
-        pairs = []
-        for label in sorted(set(mr) | set(trus), key=lambda text: (len(text), text)):
-            error = None
-            if label in mr and label in trus and self.registered:
-                error = float(point_errors(self.logic.lastTransform, trus[label], mr[label])[0])
-            pairs.append({"label": label, "mr": mr.get(label), "trus": trus.get(label), "error_mm": error})
-        return pairs
+        labels = sorted(set(mr) | set(trus), key=lambda text: (len(text), text))
+        complete = [label for label in labels if label in mr and label in trus]
+        residuals = {}
+        if complete and self.registered:
+            measured = metrics.measure(self.logic.lastTransform, self.case.fixed_image.grid,
+                                       fixed_points=np.array([trus[label] for label in complete]),
+                                       moving_points=np.array([mr[label] for label in complete]), regularity=False)
+            residuals = dict(zip(complete, (float(error) for error in measured.landmark_errors_mm)))
+        return [{"label": label, "mr": mr.get(label), "trus": trus.get(label), "error_mm": residuals.get(label)}
+                for label in labels]
 
     def hasNewPair(self) -> bool:
         """Whether a pair is complete (both points placed) and not given to the registration yet."""

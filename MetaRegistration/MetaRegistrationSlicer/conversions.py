@@ -26,7 +26,7 @@ stored as the node's **TransformFromParent**: a ``vtkOrientedGridTransform`` on
 the TRUS grid holding ``phi_ras(x) - x`` (RAS mm). Made the parent of the MR
 volume, its segmentation and its fiducials, the node shows ``MR(phi(x))`` at
 each TRUS point ``x``, and hardening moves MR points by ``ToParent = phi^-1``
-onto the TRUS. ``Testing/test_slicer_conversions.py`` checks both with a known
+onto the TRUS. ``Testing/Slicer/test_conversions.py`` checks both with a known
 shift.
 """
 
@@ -97,7 +97,14 @@ def localToWorld(node, world: bool) -> np.ndarray:
 
 
 def gridFromIndexToWorld(size, indexToWorld: np.ndarray, source: str = "geometry") -> Grid:
-    """The library grid of ``size`` (i, j, k) voxels whose LPS index-to-world matrix is ``indexToWorld``."""
+    """The library grid of ``size`` (i, j, k) voxels whose LPS index-to-world matrix is ``indexToWorld``.
+
+    Raises:
+        InputError: naming ``source`` for a NaN or infinite matrix or a zero-length voxel axis.
+    """
+    if not np.isfinite(np.asarray(indexToWorld, dtype=float)).all():
+        raise InputError(f"{source}: its geometry (IJK-to-RAS matrix or parent transform) holds NaN or infinite "
+                         "values")
     columns = np.asarray(indexToWorld, dtype=float)[:3, :3]
     spacing = np.linalg.norm(columns, axis=0)
     if np.any(spacing == 0):
@@ -333,6 +340,9 @@ def frameFromNodes(frameVolumeNode, frameLabelNode, segmentId: str | None = None
     indexToWorld = _nodeIndexToWorld(frameVolumeNode, world=True)
     if not np.isfinite(image).all():
         raise InputError(f"{nodeName(frameVolumeNode)}: contains NaN or infinite values")
+    if not np.isfinite(indexToWorld).all():
+        raise InputError(f"{nodeName(frameVolumeNode)}: its pose (IJK-to-RAS matrix or tracking transform) holds "
+                         "NaN or infinite values")
     pose = plane_pose(indexToWorld[:3, 3], indexToWorld[:3, uAxis], indexToWorld[:3, vAxis])
     gland = glandOnFrame(frameLabelNode, Frame(image, np.zeros_like(image), pose), segmentId)
     return Frame(image, gland, pose)
@@ -385,7 +395,7 @@ def pointsFromMarkups(markupsNode, world: bool) -> dict[str, np.ndarray]:
     """A markups node's placed control points as ``{label: LPS point (3,)}``.
 
     Raises:
-        InputError: naming the node for a repeated label.
+        InputError: naming the node for a repeated label or a point with a NaN or infinite coordinate.
     """
     if markupsNode is None:
         raise InputError("no landmark (markups) node given")
@@ -402,6 +412,9 @@ def pointsFromMarkups(markupsNode, world: bool) -> dict[str, np.ndarray]:
             markupsNode.GetNthControlPointPositionWorld(n, position)
         else:
             markupsNode.GetNthControlPointPosition(n, position)
+        if not np.isfinite(position).all():
+            raise InputError(f"{nodeName(markupsNode)}: point {label!r} has a NaN or infinite coordinate "
+                             f"({list(position)})")
         points[label] = rasToLps(position)
     return points
 
@@ -465,9 +478,9 @@ def caseNodes(scene, case) -> dict:
 # --- transforms -------------------------------------------------------------------------------------------------
 
 
-def setGridTransform(transformNode, transform: Transform, grid: Grid | None = None) -> None:
-    """Store ``phi`` (TRUS world -> MR) in a transform node as its TransformFromParent, sampled on ``grid``
-    (default: the grid of the transform's displacement)."""
+def gridTransformFrom(transform: Transform, grid: Grid | None = None) -> vtk.vtkAbstractTransform:
+    """``phi`` (TRUS world -> MR) as a ``vtkOrientedGridTransform`` sampled on ``grid`` (default: the grid of the
+    transform's displacement), to be a node's TransformFromParent (see the module docstring)."""
     grid = grid or transform.grid
     if grid is None:
         raise ValueError("an affine transform needs the grid to sample it on")
@@ -486,7 +499,13 @@ def setGridTransform(transformNode, transform: Transform, grid: Grid | None = No
     gridTransform.SetDisplacementGridData(image)
     gridTransform.SetGridDirectionMatrix(matrixFromArray(direction))
     gridTransform.SetInterpolationModeToLinear()
-    transformNode.SetAndObserveTransformFromParent(gridTransform)
+    return gridTransform
+
+
+def setGridTransform(transformNode, transform: Transform, grid: Grid | None = None) -> None:
+    """Store ``phi`` (TRUS world -> MR) in a transform node as its TransformFromParent, sampled on ``grid``
+    (default: the grid of the transform's displacement)."""
+    transformNode.SetAndObserveTransformFromParent(gridTransformFrom(transform, grid))
 
 
 def transformFromNode(transformNode, grid: Grid) -> Transform:

@@ -1,15 +1,18 @@
 """``MetaRegistrationCoreLogic``: everything the MetaRegistration module does, on any MRML scene, without Qt.
 
 The module's Logic (``MetaRegistration.MetaRegistrationLogic``) is this class
-mixed with Slicer's ``ScriptedLoadableModuleLogic``; tests and scripts use it
-directly on a ``slicer-core`` scene. Every call converts its nodes with
-:mod:`.conversions` and hands the work to ``MetaRegistrationLib``: this class
-holds no registration code of its own.
+mixed with Slicer's ``ScriptedLoadableModuleLogic``; tests, scripts and the web
+app use it directly on a ``slicer-core`` scene. This file holds the session, its
+interactions and their output nodes; the evaluation calls come from
+:mod:`.evaluation`, table and file writing from :mod:`.tables`, the dependency
+check from :mod:`.dependencies`. Every call converts its nodes with
+:mod:`.conversions` and hands the work to ``MetaRegistrationLib``: no
+registration or metric code lives here.
 
 Console example (3D Slicer's Python console)::
 
     logic = slicer.util.getModuleLogic("MetaRegistration")
-    logic.startSession(mrVolume, mrSegmentation, trusVolume)
+    logic.startSession(mrVolume, mrSegmentation, trusVolume)   # or logic.startSessionUsingParameterNode(p)
     for frame, frameSegmentation in frames:
         report = logic.addFrame(frame, frameSegmentation)   # adapts from the second frame on
         print(report.status)
@@ -18,29 +21,37 @@ Console example (3D Slicer's Python console)::
     result = logic.evaluate(mrFiducials, trusFiducials, logic.outputTransformNode, mrSegmentation, trusSegmentation)
 
 Input nodes are never modified; outputs go to new nodes or to the nodes given.
-Torch and the library are imported on first use, not with this module, so that
-Slicer can list the module before its dependencies are installed.
+An interaction is all or nothing: when it fails, at any step, the session
+(frames, landmark pairs, updates, network and optimiser) and the output nodes
+are left as they were, and the error names the node at fault in one line.
+Torch and the registration library are imported on first use, not with this
+module, so that Slicer can list the module before its dependencies are installed.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 import slicer
+from MetaRegistrationLib.errors import InputError, MetaRegistrationError
+
+from . import tables
+from .evaluation import (  # noqa: F401 - part of this module's API
+    EVALUATION_TABLE_NAME,
+    SWEEP_COLUMNS,
+    SWEEP_TABLE_NAME,
+    EvaluationMixin,
+    EvaluationReport,
+)
 
 OUTPUT_TRANSFORM_NAME = "MR to TRUS (MetaRegistration)"
 OUTPUT_VOLUME_NAME = "MR registered to TRUS"
 OUTPUT_SEGMENTATION_NAME = "MR segmentation registered to TRUS"
-EVALUATION_TABLE_NAME = "MetaRegistration evaluation"
-SWEEP_TABLE_NAME = "MetaRegistration sweep"
-SWEEP_COLUMNS = ("frames", "updates", "landmark_pairs", "tre_mm", "dsc", "seconds")
+OUTPUT_ATTRIBUTES = ("outputTransformNode", "outputSegmentationNode", "outputVolumeNode")
 
 
 @dataclass
@@ -53,7 +64,7 @@ class InteractionReport:
         registered: whether a registration exists (from the second frame on).
         preparationSeconds, updateSeconds, predictSeconds: the library's timings
             (initial alignment and inputs; gradient steps; prediction).
-        outputSeconds: writing the output nodes.
+        outputSeconds: computing and writing the output nodes.
         cancelled: the gradient steps were stopped by :meth:`MetaRegistrationCoreLogic.cancel`.
         status: one line for a status bar.
         unmatchedLabels: landmark labels found in one markups node only.
@@ -76,59 +87,32 @@ class InteractionReport:
         return self.preparationSeconds + self.updateSeconds + self.predictSeconds + self.outputSeconds
 
 
-@dataclass
-class EvaluationReport:
-    """Accuracy of one transform, as the evaluation panel shows it (definitions: ``MetaRegistrationLib.metrics``).
-
-    Attributes:
-        labels: landmark labels found in both markups nodes, with ``pointErrorsMm`` their
-            errors ``|phi(p_TRUS) - p_MR|``.
-        treMm: RMS of the point errors. dsc: warped MR gland vs TRUS gland.
-        foldPercent: % of TRUS voxels where ``phi`` folds. hd95Mm: 95th percentile Hausdorff distance.
-        movingOnlyLabels, fixedOnlyLabels: labels without a partner, left out.
-    """
-
-    labels: list[str]
-    pointErrorsMm: list[float]
-    treMm: float
-    dsc: float
-    foldPercent: float
-    hd95Mm: float
-    movingOnlyLabels: list[str] = field(default_factory=list)
-    fixedOnlyLabels: list[str] = field(default_factory=list)
-
-    @property
-    def status(self) -> str:
-        text = (f"TRE {self.treMm:.2f} mm over {len(self.labels)} landmark pairs, DSC {self.dsc:.3f}, "
-                f"folding {self.foldPercent:.2f} %")
-        unmatched = [f"MR only: {', '.join(self.movingOnlyLabels)}"] if self.movingOnlyLabels else []
-        unmatched += [f"TRUS only: {', '.join(self.fixedOnlyLabels)}"] if self.fixedOnlyLabels else []
-        return text + (f" (unmatched labels left out; {'; '.join(unmatched)})" if unmatched else "")
-
-
 class PendingInteraction:
     """An interaction read from its nodes and not yet run (see ``MetaRegistrationCoreLogic.prepareFrame``).
 
     ``adapt()`` runs the library's gradient steps; it reads and writes no MRML node, so a front end may call it in
-    a worker thread. An input error is kept and raised, naming the nodes, by ``finishInteraction``.
+    a worker thread. It raises nothing: an error is kept (the library has then rolled the session back) and raised
+    by ``finishInteraction``, naming the nodes.
     """
 
     def __init__(self, run: Callable[[], object], description: str, newLandmarkLabels: Sequence[str] = (),
-                 unmatchedLabels: Sequence[str] = ()):
+                 unmatchedLabels: Sequence[str] = (), session=None):
         self._run = run
         self.description = description
         self.newLandmarkLabels = list(newLandmarkLabels)
         self.unmatchedLabels = list(unmatchedLabels)
+        self.session = session  # the MetaRegistrationLib AdaptationSession it runs on
         self.frame = None  # the MetaRegistrationLib.sweep.Frame of a frame interaction
         self.result = None  # MetaRegistrationLib.adaptation.AdaptationResult, once adapted
         self.error = None
+        self.snapshot = None  # the session before adapt(), restored if finishInteraction fails
 
     def adapt(self) -> None:
-        from MetaRegistrationLib.errors import InputError
-
         try:
+            if self.session is not None:
+                self.snapshot = self.session.snapshot()
             self.result = self._run()
-        except InputError as error:
+        except Exception as error:  # noqa: BLE001 - handed to finishInteraction, on the main thread
             self.error = error
 
 
@@ -145,34 +129,87 @@ class _SessionInputs:
     resampleVolume: bool
 
 
-class MetaRegistrationCoreLogic:
+@dataclass
+class _Outputs:
+    """The output nodes' new content, computed before any node is touched."""
+
+    gridTransform: object | None  # vtkOrientedGridTransform holding phi, for the transform node
+    segments: list | None  # (name, color, mask) on the TRUS grid, for the segmentation node
+    volume: np.ndarray | None  # the resampled MR (k, j, i) on the TRUS grid
+
+
+class _NodeChanges:
+    """Undo for the output nodes of one interaction: each node's content before it is written, and the nodes
+    created, so that a failure part-way through writing leaves the scene as it was."""
+
+    def __init__(self, scene, logic):
+        self._scene = scene
+        self._logic = logic
+        self._attributes = {name: getattr(logic, name) for name in OUTPUT_ATTRIBUTES}
+        self._backups = []
+        self._created = []
+
+    def created(self, node):
+        self._created.append(node)
+        return node
+
+    def existing(self, node):
+        backup = type(node)()
+        backup.CopyContent(node)
+        self._backups.append((node, backup))
+        return node
+
+    def undo(self) -> None:
+        for node, backup in reversed(self._backups):
+            node.CopyContent(backup)
+        for node in self._created:
+            if node.GetScene() is None:
+                continue
+            if node.IsA("vtkMRMLDisplayableNode"):  # removing a node leaves its display nodes in the scene
+                for display in [node.GetNthDisplayNode(n) for n in range(node.GetNumberOfDisplayNodes())]:
+                    if display is not None:
+                        self._scene.RemoveNode(display)
+            self._scene.RemoveNode(node)
+        for name, node in self._attributes.items():
+            setattr(self._logic, name, node)
+
+
+class MetaRegistrationCoreLogic(EvaluationMixin):
     """Interactive MR-to-TRUS registration on a MRML scene (see the module docstring for an example).
 
     Args:
         scene: the scene to create output nodes in; ``slicer.mrmlScene`` if omitted.
     """
 
+    saveTableCsv = staticmethod(tables.saveTableCsv)
+    saveNode = staticmethod(tables.saveNode)
+
     def __init__(self, scene=None):
         self._scene = scene
         self._session = None
         self._inputs: _SessionInputs | None = None
         self._givenLandmarkLabels: list[str] = []
-        self._sweepTracking = None
+        self._frameNames: list[str] = []  # the node each of the session's frames came from, for messages
         self._cancelRequested = False
         self.outputTransformNode = None
         self.outputVolumeNode = None
         self.outputSegmentationNode = None
-        self.sweepTableNode = None
-        self.sweepPlotChartNode = None
-        self.evaluationTableNode = None
-        self._sweepRows: list[tuple] = []
+        self._initEvaluation()
         self.lastTransform = None
         self.reports: list[InteractionReport] = []
         self.statusText = "No session: select the MR, its segmentation and the TRUS volume, then start."
 
     @property
     def scene(self):
-        return self._scene if self._scene is not None else slicer.mrmlScene
+        """The scene given, else ``slicer.mrmlScene``.
+
+        Raises:
+            InputError: when there is neither (a headless caller that gave no scene).
+        """
+        scene = self._scene if self._scene is not None else getattr(slicer, "mrmlScene", None)
+        if scene is None:
+            raise InputError("no MRML scene: give one to MetaRegistrationCoreLogic(scene) or set slicer.mrmlScene")
+        return scene
 
     @property
     def hasSession(self) -> bool:
@@ -182,11 +219,6 @@ class MetaRegistrationCoreLogic:
     def givenLandmarkLabels(self) -> list[str]:
         """Labels of the landmark pairs given to the session so far."""
         return list(self._givenLandmarkLabels)
-
-    @property
-    def sweepRows(self) -> list[dict]:
-        """The rows of :attr:`sweepTableNode` (one per update since :meth:`trackSweep`), keyed by ``SWEEP_COLUMNS``."""
-        return [dict(zip(SWEEP_COLUMNS, row)) for row in self._sweepRows]
 
     @staticmethod
     def missingInputs(movingVolume, movingSegmentation, fixedVolume) -> str:
@@ -199,11 +231,18 @@ class MetaRegistrationCoreLogic:
             return "Select the TRUS volume"
         return ""
 
+    @staticmethod
+    def modelPathOf(path) -> str | None:
+        """The model chosen in the GUI, or ``None`` (the bundled model) when the path field is empty."""
+        text = str(path or "").strip()
+        return None if text in ("", ".") else text
+
     # --- session ------------------------------------------------------------------------------------------------
 
     def startSession(self, movingVolume, movingSegmentation, fixedVolume, modelPath: str | None = None,
                      device: str = "cpu", movingSegmentId: str | None = None, outputTransform=None,
-                     outputVolume=None, outputSegmentation=None, resampleVolume: bool = False) -> InteractionReport:
+                     outputVolume=None, outputSegmentation=None, resampleVolume: bool = False,
+                     method: str = "meta") -> InteractionReport:
         """Start registering an MR to a TRUS sweep (a session already running is replaced).
 
         Args:
@@ -216,18 +255,20 @@ class MetaRegistrationCoreLogic:
             device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
             outputTransform, outputVolume, outputSegmentation: nodes to write the results to; new nodes are
                 created at the first registration when omitted (the resampled MR only if ``resampleVolume``).
+            method: a sweep method of ``MetaRegistrationLib.registration.METHODS`` ("meta", "meta-noadapt",
+                "random-init"); the registry builds the session.
 
         Raises:
-            MetaRegistrationLib.errors.MetaRegistrationError: with a one-line message naming the node at fault;
-                the running session, if any, is then unchanged.
+            MetaRegistrationLib.errors.MetaRegistrationError: with a one-line message naming the node at fault
+                (or the scene, the method, the model); the running session, if any, is then unchanged.
         """
-        from MetaRegistrationLib.adaptation import AdaptationSession
         from MetaRegistrationLib.data import Volume
-        from MetaRegistrationLib.errors import InputError
-        from MetaRegistrationLib.models import load_model
+        from MetaRegistrationLib.registration import get_method
 
         from . import conversions
 
+        self.scene  # noqa: B018 - a logic without a scene fails now, not at the first registration
+        registered = get_method(method)
         for output in (outputTransform, outputVolume, outputSegmentation):
             if output is not None and output in (movingVolume, movingSegmentation, fixedVolume):
                 raise InputError(f"{conversions.nodeName(output)}: is an input; choose another output node")
@@ -244,14 +285,13 @@ class MetaRegistrationCoreLogic:
         if min(fixedGrid.size) < 2:
             raise InputError(f"{conversions.nodeName(fixedVolume)}: is a single slice; the TRUS geometry must be 3D")
         segments = self._segmentsOf(movingSegmentation, movingSegmentId, movingGland, movingImage.grid)
-        network, settings, _ = load_model(modelPath)
         if device == "auto":
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        session = AdaptationSession(network, movingImage,
-                                    Volume(movingGland[None], movingImage.grid, movingImage.source),
-                                    fixedGrid, settings=settings, device=device)
+        session = registered.start_session(movingImage,
+                                           Volume(movingGland[None], movingImage.grid, movingImage.source),
+                                           fixedGrid, model=modelPath, device=device)
         # Everything is checked: only now does the new session replace the old one.
         self._session = session
         self._inputs = _SessionInputs(conversions.nodeName(movingVolume), movingImage, movingGland, segments,
@@ -265,14 +305,49 @@ class MetaRegistrationCoreLogic:
         if outputSegmentation is not None:
             self.outputSegmentationNode = outputSegmentation
         self._givenLandmarkLabels = []
+        self._frameNames = []
         self.reports = []
         self.lastTransform = None
         self._sweepTracking = None  # its TRUS gland was read on the previous session's grid
         self._resetSweepTable()
         report = InteractionReport(status=f"Session started: {self._inputs.movingVolumeName} to "
-                                     f"{self._inputs.fixedVolumeName} on {device}; add tracked frames "
-                                     "(the first update needs 2)")
+                                          f"{self._inputs.fixedVolumeName} with {registered.name} on {device}; add "
+                                          "tracked frames (the first update needs 2)")
         self.statusText = report.status
+        return report
+
+    def startSessionUsingParameterNode(self, parameterNode) -> InteractionReport:
+        """:meth:`startSession` from the module's parameter node (what the Start button does), then
+        :meth:`trackSweep` when its ``trackSweep`` is set.
+
+        ``parameterNode`` is a ``MetaRegistrationParameterNode`` or any object with its fields (``movingVolume``,
+        ``movingSegmentation``, ``fixedVolume``, ``modelPath``, ``device``, ``outputTransform``, ``outputVolume``,
+        ``outputSegmentation``, ``resampleVolume``, ``trackSweep``, ``movingLandmarks``, ``fixedLandmarks``,
+        ``fixedSegmentation``).
+
+        Raises:
+            MetaRegistrationLib.errors.MetaRegistrationError: as :meth:`startSession`, and when the sweep is to be
+                tracked without both landmark nodes; the running session, if any, is then unchanged.
+        """
+        from . import conversions
+
+        p = parameterNode
+        tracking = None
+        if p.trackSweep:
+            if not (p.movingLandmarks and p.fixedLandmarks):
+                raise InputError("tracking TRE across the sweep needs the MR and the TRUS landmarks: select both "
+                                 "or turn tracking off")
+            if p.fixedVolume is None:
+                raise InputError("no TRUS volume selected: it gives the geometry that frames are placed in")
+            # Read before the session starts, so that bad landmarks leave the running session as it was.
+            tracking = self._readSweepTracking(p.movingLandmarks, p.fixedLandmarks, p.fixedSegmentation,
+                                               conversions.gridFromVolumeNode(p.fixedVolume, world=True))
+        report = self.startSession(p.movingVolume, p.movingSegmentation, p.fixedVolume,
+                                   modelPath=self.modelPathOf(p.modelPath), device=p.device,
+                                   outputTransform=p.outputTransform, outputVolume=p.outputVolume,
+                                   outputSegmentation=p.outputSegmentation, resampleVolume=p.resampleVolume)
+        if tracking is not None:
+            self._startSweepTracking(tracking)
         return report
 
     def endSession(self) -> None:
@@ -280,6 +355,7 @@ class MetaRegistrationCoreLogic:
         self._session = None
         self._inputs = None
         self._sweepTracking = None
+        self._frameNames = []
         self.outputTransformNode = self.outputVolumeNode = self.outputSegmentationNode = None
         self.sweepTableNode = self.sweepPlotChartNode = self.evaluationTableNode = None
         self.lastTransform = None
@@ -305,11 +381,11 @@ class MetaRegistrationCoreLogic:
         return segments
 
     def _requireSession(self):
-        from MetaRegistrationLib.errors import InputError
-
         if self._session is None:
             raise InputError("no registration session: start one with the MR, its segmentation and the TRUS volume")
         return self._session
+
+    # --- interactions -------------------------------------------------------------------------------------------
 
     def addFrame(self, frameVolume, frameSegmentation, segmentId: str | None = None) -> InteractionReport:
         """Add one tracked TRUS frame and its gland segmentation; from the second frame on, adapt the network and
@@ -321,14 +397,15 @@ class MetaRegistrationCoreLogic:
             frameSegmentation: its gland: a segmentation node or labelmap volume, on the frame's plane or 3D.
 
         Raises:
-            MetaRegistrationLib.errors.MetaRegistrationError: naming the node (a 3D volume, an empty gland, a frame
-                outside the TRUS volume, a plane already acquired); the session is then unchanged.
+            MetaRegistrationLib.errors.MetaRegistrationError: naming the node (a 3D volume, an empty gland, NaN
+                values, a frame outside the TRUS volume, a plane already acquired); the session is then unchanged.
         """
         return self.runInteraction(self.prepareFrame(frameVolume, frameSegmentation, segmentId))
 
     # An interaction in three steps, so that a front end can keep its event loop free while the network adapts:
     # ``prepare*`` reads the nodes (main thread), ``PendingInteraction.adapt()`` touches no node and may run in a
     # worker thread, ``finishInteraction`` writes the outputs (main thread). ``runInteraction`` does all three.
+    # One interaction at a time: a failed finishInteraction restores the session to before its adapt().
 
     def prepareFrame(self, frameVolume, frameSegmentation, segmentId: str | None = None) -> PendingInteraction:
         """Read a frame's nodes for :meth:`addFrame` (the checks that need no network happen here)."""
@@ -336,7 +413,8 @@ class MetaRegistrationCoreLogic:
 
         session = self._requireSession()
         frame = conversions.frameFromNodes(frameVolume, frameSegmentation, segmentId)
-        pending = PendingInteraction(lambda: session.add_frames([frame]), conversions.nodeName(frameVolume))
+        pending = PendingInteraction(lambda: session.add_frames([frame]), conversions.nodeName(frameVolume),
+                                     session=session)
         pending.frame = frame
         return pending
 
@@ -349,17 +427,77 @@ class MetaRegistrationCoreLogic:
         """Write the outputs of an adapted interaction (main thread) and report it.
 
         Raises:
-            MetaRegistrationLib.errors.MetaRegistrationError: the adaptation's error, naming the node(s) at fault;
-                the session is then unchanged.
+            MetaRegistrationLib.errors.MetaRegistrationError: the adaptation's error, naming the node(s) at fault.
+            Any error of the adaptation or of writing the outputs leaves the session and the output nodes as they
+            were before the interaction.
         """
-        from MetaRegistrationLib.errors import InputError
-
         if pending.error is not None:
-            raise InputError(f"{pending.description}: {pending.error}") from None
+            raise self._namedError(pending) from None
         if pending.result is None:
             raise RuntimeError("finishInteraction() before the interaction's adapt()")
+        try:
+            return self._commit(pending)
+        except BaseException:
+            if pending.session is not None and pending.snapshot is not None:
+                pending.session.restore(pending.snapshot)
+            raise
+
+    def _namedError(self, pending: PendingInteraction) -> BaseException:
+        """The error of an interaction, its message starting with the node(s) the user gave."""
+        from MetaRegistrationLib.adaptation import FrameError
+
+        error = pending.error
+        if isinstance(error, FrameError):
+            message = f"{pending.description}: {error.problem}"
+            if error.acquired is not None and error.acquired <= len(self._frameNames):
+                message += f" (the plane of {self._frameNames[error.acquired - 1]})"
+            return InputError(message)
+        if isinstance(error, MetaRegistrationError):
+            return type(error)(f"{pending.description}: {error}")
+        return error
+
+    def _commit(self, pending: PendingInteraction) -> InteractionReport:
+        """Compute every output, then write the nodes (undone if writing fails), then update this Logic."""
+        result = pending.result
+        start = time.perf_counter()
+        outputs = self._computeOutputs(result.transform, create=True) if result.transform is not None else None
+        computeSeconds = time.perf_counter() - start
+        sweepMetrics = self._sweepMetrics(result.transform) if result.transform is not None else None
+        report = InteractionReport(
+            frames=result.frames, landmarkPairs=len(self._givenLandmarkLabels) + len(pending.newLandmarkLabels),
+            updates=result.updates, registered=result.transform is not None,
+            preparationSeconds=result.preparation_seconds, updateSeconds=sum(result.update_seconds),
+            predictSeconds=result.predict_seconds, cancelled=result.cancelled,
+            unmatchedLabels=list(pending.unmatchedLabels))
+        changes = _NodeChanges(self.scene, self)
+        sweepRows = None
+        try:
+            if outputs is not None:
+                start = time.perf_counter()
+                self._writeOutputs(outputs, create=True, changes=changes)
+                report.outputSeconds = computeSeconds + time.perf_counter() - start
+            if sweepMetrics is not None:
+                sweepRows = self._sweepRowsWith(report, sweepMetrics)
+                tables.fillTable(changes.existing(self.sweepTableNode), SWEEP_COLUMNS, sweepRows)
+        except BaseException:
+            changes.undo()
+            raise
+        # Nothing can fail from here on.
         self._givenLandmarkLabels += pending.newLandmarkLabels
-        return self._afterInteraction(pending.result, pending.unmatchedLabels)
+        if pending.frame is not None:
+            self._frameNames.append(pending.description)
+        if result.transform is not None:
+            self.lastTransform = result.transform
+        if sweepRows is not None:
+            self._sweepRows = sweepRows
+        report.status = result.status[:1].upper() + result.status[1:]
+        if report.registered:
+            report.status += f"; {report.totalSeconds:.2f} s"
+        if pending.unmatchedLabels:
+            report.status += f"; unmatched landmark labels left out: {', '.join(pending.unmatchedLabels)}"
+        self.reports.append(report)
+        self.statusText = report.status
+        return report
 
     def addFrames(self, frames: Iterable, progress: Callable[[int, str], None] | None = None) -> list[InteractionReport]:
         """Add frames one at a time, as a sweep acquires them: ``frames`` yields ``(frameVolume, frameSegmentation)``.
@@ -382,8 +520,6 @@ class MetaRegistrationCoreLogic:
                          progress: Callable[[int, str], None] | None = None) -> list[InteractionReport]:
         """Add the frames of a sequence node, in order, each with the item of ``segmentationSequence`` at the same
         index value (a sequence of segmentation or labelmap nodes)."""
-        from MetaRegistrationLib.errors import InputError
-
         from . import conversions
 
         for sequence, what in ((frameSequence, "frame"), (segmentationSequence, "segmentation")):
@@ -405,15 +541,13 @@ class MetaRegistrationCoreLogic:
         as one interaction. Labels in one node only are reported in the result, not used.
 
         Raises:
-            MetaRegistrationLib.errors.MetaRegistrationError: naming the nodes when no label matches or every
-                matched pair was given before; the session is then unchanged.
+            MetaRegistrationLib.errors.MetaRegistrationError: naming the nodes when no label matches, every
+                matched pair was given before, or a point is not finite; the session is then unchanged.
         """
         return self.runInteraction(self.prepareLandmarks(movingLandmarks, fixedLandmarks))
 
     def prepareLandmarks(self, movingLandmarks, fixedLandmarks) -> PendingInteraction:
         """Read the landmark pairs of :meth:`addLandmarks` (MR points in the MR's own coordinates, TRUS in world)."""
-        from MetaRegistrationLib.errors import InputError
-
         from . import conversions
 
         session = self._requireSession()
@@ -427,20 +561,33 @@ class MetaRegistrationCoreLogic:
                        f"(new pairs: {', '.join(labels[n] for n in new)})")
         unmatched = [f"{label} (MR only)" for label in movingOnly] + [f"{label} (TRUS only)" for label in fixedOnly]
         return PendingInteraction(lambda: session.add_landmarks(movingNew, fixedNew), description,
-                                  [labels[n] for n in new], unmatched)
+                                  [labels[n] for n in new], unmatched, session=session)
 
     def reset(self) -> InteractionReport:
         """Forget every frame and landmark pair; the outputs return to the identity (no registration)."""
         from MetaRegistrationLib.geometry import Transform
 
         session = self._requireSession()
-        session.reset()
+        start = time.perf_counter()
+        outputs = self._computeOutputs(Transform(np.eye(4)), create=False)
+        state = session.snapshot()
+        changes = _NodeChanges(self.scene, self)
+        try:
+            session.reset()
+            self._writeOutputs(outputs, create=False, changes=changes)
+            if self.sweepTableNode is not None:
+                tables.fillTable(changes.existing(self.sweepTableNode), SWEEP_COLUMNS, [])
+        except BaseException:
+            changes.undo()
+            session.restore(state)
+            raise
+        self._sweepRows = []
         self._givenLandmarkLabels = []
+        self._frameNames = []
         self.reports = []
         self.lastTransform = None
-        self._resetSweepTable()
-        seconds = self._writeOutputs(Transform(np.eye(4)), create=False)
-        report = InteractionReport(outputSeconds=seconds, status="Reset: 0 frames; outputs show no registration")
+        report = InteractionReport(outputSeconds=time.perf_counter() - start,
+                                   status="Reset: 0 frames; outputs show no registration")
         self.statusText = report.status
         return report
 
@@ -450,277 +597,70 @@ class MetaRegistrationCoreLogic:
         if self._session is not None:
             self._session.cancel()
 
-    def _afterInteraction(self, result, unmatched: Sequence[str] = ()) -> InteractionReport:
-        """Write the outputs of a library ``AdaptationResult`` and report it."""
-        outputSeconds = 0.0
-        if result.transform is not None:
-            self.lastTransform = result.transform
-            outputSeconds = self._writeOutputs(result.transform, create=True)
-        report = InteractionReport(
-            frames=result.frames, landmarkPairs=len(self._givenLandmarkLabels), updates=result.updates,
-            registered=result.transform is not None, preparationSeconds=result.preparation_seconds,
-            updateSeconds=sum(result.update_seconds), predictSeconds=result.predict_seconds,
-            outputSeconds=outputSeconds, cancelled=result.cancelled, unmatchedLabels=list(unmatched))
-        report.status = result.status[:1].upper() + result.status[1:]
-        if report.registered:
-            report.status += f"; {report.totalSeconds:.2f} s"
-        if unmatched:
-            report.status += f"; unmatched landmark labels left out: {', '.join(unmatched)}"
-        self.reports.append(report)
-        if result.transform is not None and self._sweepTracking is not None:
-            self._appendSweepRow(report)
-        self.statusText = report.status
-        return report
-
     # --- outputs ------------------------------------------------------------------------------------------------
 
-    def _writeOutputs(self, transform, create: bool) -> float:
-        """Write ``phi`` to the output transform, the warped MR segments and (if asked) the resampled MR; returns
-        the seconds taken. Nodes are created when missing only if ``create``."""
-        import time
+    def _liveOutput(self, name: str):
+        """An output node, or ``None`` when there is none or the user deleted it (it is then replaced, not written
+        to unseen)."""
+        node = getattr(self, name)
+        return node if node is not None and node.GetScene() is not None else None
 
+    def _computeOutputs(self, transform, create: bool) -> _Outputs:
+        """The new content of the output nodes that :meth:`_writeOutputs` will write (reads and writes no node)."""
         from MetaRegistrationLib.geometry import resample
 
         from . import conversions
 
-        start = time.perf_counter()
         inputs = self._inputs
         grid = inputs.fixedGrid
+        gridTransform = segments = volume = None
+        if create or self._liveOutput("outputTransformNode") is not None:
+            gridTransform = conversions.gridTransformFrom(transform, grid)
+        if create or self._liveOutput("outputSegmentationNode") is not None:
+            segments = [(name, color, resample(mask, maskGrid, transform, grid) > 0.5)
+                        for name, color, mask, maskGrid in inputs.segments]
+        if inputs.resampleVolume and (create or self._liveOutput("outputVolumeNode") is not None):
+            image = inputs.movingImage
+            volume = resample(image.array[0], image.grid, transform, grid)
+        return _Outputs(gridTransform, segments, volume)
+
+    def _writeOutputs(self, outputs: _Outputs, create: bool, changes: _NodeChanges) -> None:
+        """Write ``phi`` to the output transform, the warped MR segments and (if asked) the resampled MR, creating
+        missing nodes only if ``create``; ``changes`` records what to undo."""
+        from . import conversions
+
+        grid = self._inputs.fixedGrid
         scene = self.scene
-        # An output node the user deleted is replaced, not written to unseen.
-        for name in ("outputTransformNode", "outputSegmentationNode", "outputVolumeNode"):
-            node = getattr(self, name)
-            if node is not None and node.GetScene() is None:
-                setattr(self, name, None)
-        if self.outputTransformNode is None and create:
-            self.outputTransformNode = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", OUTPUT_TRANSFORM_NAME)
-        if self.outputTransformNode is not None:
-            conversions.setGridTransform(self.outputTransformNode, transform, grid)
-        if self.outputSegmentationNode is None and create:
-            self.outputSegmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", OUTPUT_SEGMENTATION_NAME)
-            self.outputSegmentationNode.CreateDefaultDisplayNodes()
-        if self.outputSegmentationNode is not None:
-            wasModifying = self.outputSegmentationNode.StartModify()
-            for name, color, mask, maskGrid in inputs.segments:
-                warped = resample(mask, maskGrid, transform, grid) > 0.5
-                conversions.segmentationFromMask(self.outputSegmentationNode, warped, grid, name, color)
-            self.outputSegmentationNode.EndModify(wasModifying)
-        if inputs.resampleVolume:
+        for name in OUTPUT_ATTRIBUTES:
+            setattr(self, name, self._liveOutput(name))
+        if outputs.gridTransform is not None:
+            if self.outputTransformNode is None and create:
+                self.outputTransformNode = changes.created(
+                    scene.AddNewNodeByClass("vtkMRMLGridTransformNode", OUTPUT_TRANSFORM_NAME))
+            elif self.outputTransformNode is not None:
+                changes.existing(self.outputTransformNode)
+            if self.outputTransformNode is not None:
+                self.outputTransformNode.SetAndObserveTransformFromParent(outputs.gridTransform)
+        if outputs.segments is not None:
+            if self.outputSegmentationNode is None and create:
+                self.outputSegmentationNode = changes.created(
+                    scene.AddNewNodeByClass("vtkMRMLSegmentationNode", OUTPUT_SEGMENTATION_NAME))
+                self.outputSegmentationNode.CreateDefaultDisplayNodes()
+            elif self.outputSegmentationNode is not None:
+                changes.existing(self.outputSegmentationNode)
+            if self.outputSegmentationNode is not None:
+                wasModifying = self.outputSegmentationNode.StartModify()
+                try:
+                    for name, color, mask in outputs.segments:
+                        conversions.segmentationFromMask(self.outputSegmentationNode, mask, grid, name, color)
+                finally:
+                    self.outputSegmentationNode.EndModify(wasModifying)
+        if outputs.volume is not None:
             if self.outputVolumeNode is None and create:
-                self.outputVolumeNode = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", OUTPUT_VOLUME_NAME)
+                self.outputVolumeNode = changes.created(
+                    scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", OUTPUT_VOLUME_NAME))
                 self.outputVolumeNode.CreateDefaultDisplayNodes()
+            elif self.outputVolumeNode is not None:
+                changes.existing(self.outputVolumeNode)
             if self.outputVolumeNode is not None:
-                image = inputs.movingImage
-                conversions.updateVolumeNode(self.outputVolumeNode, resample(image.array[0], image.grid, transform,
-                                                                             grid), grid)
-        return time.perf_counter() - start
-
-    # --- evaluation ---------------------------------------------------------------------------------------------
-
-    def evaluate(self, movingLandmarks, fixedLandmarks, transformNode, movingSegmentation, fixedSegmentation,
-                 movingVolume=None, fixedVolume=None, tableNode=None, movingSegmentId: str | None = None,
-                 fixedSegmentId: str | None = None) -> EvaluationReport:
-        """Accuracy of a transform node (as the MR's parent) from landmark pairs matched by label and two glands.
-
-        Args:
-            movingLandmarks, fixedLandmarks: MR (own coordinates) and TRUS (world) markups fiducial nodes.
-            transformNode: the transform made the MR's parent (e.g. :attr:`outputTransformNode`).
-            movingSegmentation, fixedSegmentation: MR and TRUS gland (segmentation or labelmap nodes).
-            movingVolume, fixedVolume: reference geometries of the glands; by default the session's MR and TRUS,
-                or else each segmentation's own geometry. DSC and folding are computed on the TRUS grid.
-            tableNode: table to fill (a new one if omitted, kept in :attr:`evaluationTableNode`).
-
-        Raises:
-            MetaRegistrationLib.errors.MetaRegistrationError: naming the node at fault.
-        """
-        from MetaRegistrationLib.data import Case, Volume
-        from MetaRegistrationLib.metrics import evaluate_transform, point_errors, rms
-
-        from . import conversions
-
-        labels, moving, fixed, movingOnly, fixedOnly = conversions.matchLandmarks(movingLandmarks, fixedLandmarks)
-        movingGrid = self._referenceGrid(movingVolume, movingSegmentation, movingSegmentId, world=False)
-        fixedGrid = self._referenceGrid(fixedVolume, fixedSegmentation, fixedSegmentId, world=True)
-        movingGland = conversions.glandOnGrid(movingSegmentation, movingGrid, movingSegmentId, world=False,
-                                              role="MR gland")
-        fixedGland = conversions.glandOnGrid(fixedSegmentation, fixedGrid, fixedSegmentId, world=True,
-                                             role="TRUS gland")
-        transform = conversions.transformFromNode(transformNode, fixedGrid)
-        movingLabels = Volume(movingGland[None], movingGrid, conversions.nodeName(movingSegmentation))
-        fixedLabels = Volume(fixedGland[None], fixedGrid, conversions.nodeName(fixedSegmentation))
-        metrics = evaluate_transform(Case("slicer", movingLabels, movingLabels, fixedLabels, fixedLabels), transform)
-        errors = point_errors(transform, fixed, moving)
-        report = EvaluationReport(labels, [float(e) for e in errors], rms(errors), metrics.dsc, metrics.fold_pct,
-                                  metrics.hd95_mm, movingOnly, fixedOnly)
-        if tableNode is None:
-            tableNode = self.scene.AddNewNodeByClass("vtkMRMLTableNode", EVALUATION_TABLE_NAME)
-        self.evaluationTableNode = tableNode
-        rows = [(f"landmark {label} error", error, "mm") for label, error in zip(labels, report.pointErrorsMm)]
-        rows += [("RMS TRE", report.treMm, "mm"), ("gland DSC", report.dsc, ""),
-                 ("folding", report.foldPercent, "%"), ("gland HD95", report.hd95Mm, "mm")]
-        _fillTable(tableNode, ("measure", "value", "unit"), rows)
-        tableNode.SetAttribute("MetaRegistration.UnmatchedLabels",
-                               ", ".join([f"{label} (MR only)" for label in movingOnly]
-                                         + [f"{label} (TRUS only)" for label in fixedOnly]))
-        self.statusText = report.status
-        return report
-
-    def _referenceGrid(self, volumeNode, labelNode, segmentId, world: bool):
-        """The grid a gland is evaluated on: the volume given, the session's, or the label's own."""
-        from . import conversions
-
-        if volumeNode is not None:
-            return conversions.gridFromVolumeNode(volumeNode, world=world)
-        if self._inputs is not None:
-            return self._inputs.fixedGrid if world else self._inputs.movingImage.grid
-        return conversions.labelFromNode(labelNode, segmentId, world=world)[1]
-
-    def trackSweep(self, movingLandmarks, fixedLandmarks, fixedSegmentation=None, tableNode=None) -> None:
-        """Measure TRE (and DSC when the TRUS gland is given) after every update of the session, into a table
-        (:attr:`sweepTableNode`, columns ``SWEEP_COLUMNS``) plotted as TRE per frame (:attr:`sweepPlotChartNode`).
-
-        The landmarks and the gland are read now; they are not given to the registration.
-        """
-        from . import conversions
-
-        self._requireSession()
-        labels, moving, fixed, _, _ = conversions.matchLandmarks(movingLandmarks, fixedLandmarks)
-        fixedGland = None
-        if fixedSegmentation is not None:
-            fixedGland = conversions.glandOnGrid(fixedSegmentation, self._inputs.fixedGrid, world=True,
-                                                 role="TRUS gland")
-        self._sweepTracking = (moving, fixed, fixedGland)
-        scene = self.scene
-        if tableNode is not None:
-            self.sweepTableNode = tableNode
-        elif self.sweepTableNode is None or self.sweepTableNode.GetScene() is None:
-            self.sweepTableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", SWEEP_TABLE_NAME)
-        self._resetSweepTable()
-        if self.sweepPlotChartNode is None or self.sweepPlotChartNode.GetScene() is None:
-            series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", "TRE per frame")
-            series.SetXColumnName("frames")
-            series.SetYColumnName("tre_mm")
-            series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
-            series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
-            chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", "TRE across the sweep")
-            chart.AddAndObservePlotSeriesNodeID(series.GetID())
-            chart.SetXAxisTitle("frames acquired")
-            chart.SetYAxisTitle("RMS TRE (mm)")
-            self.sweepPlotChartNode = chart
-        self.sweepPlotChartNode.GetNthPlotSeriesNode(0).SetAndObserveTableNodeID(self.sweepTableNode.GetID())
-
-    def _resetSweepTable(self) -> None:
-        self._sweepRows = []
-        if self.sweepTableNode is not None:
-            _fillTable(self.sweepTableNode, SWEEP_COLUMNS, [])
-
-    def _appendSweepRow(self, report: InteractionReport) -> None:
-        from MetaRegistrationLib.geometry import resample
-        from MetaRegistrationLib.metrics import dice, point_errors, rms
-
-        moving, fixed, fixedGland = self._sweepTracking
-        transform = self.lastTransform
-        dsc = float("nan")
-        if fixedGland is not None:
-            inputs = self._inputs
-            warped = resample(inputs.movingGland, inputs.movingImage.grid, transform, inputs.fixedGrid) > 0.5
-            dsc = dice(warped, fixedGland > 0.5)
-        self._sweepRows.append((report.frames, report.updates, report.landmarkPairs,
-                                rms(point_errors(transform, fixed, moving)), dsc, report.totalSeconds))
-        _fillTable(self.sweepTableNode, SWEEP_COLUMNS, self._sweepRows)
-
-    @staticmethod
-    def saveTableCsv(tableNode, path: str | Path) -> Path:
-        """Write a table node as CSV (header = column names), atomically: a reader never sees half a file."""
-        from MetaRegistrationLib.files import write_text_atomic
-
-        table = tableNode.GetTable()
-        columns = [table.GetColumn(c) for c in range(table.GetNumberOfColumns())]
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow([column.GetName() for column in columns])
-        for row in range(table.GetNumberOfRows()):
-            writer.writerow([_csvValue(column.GetValue(row)) for column in columns])
-        write_text_atomic(path, buffer.getvalue())
-        return Path(path)
-
-    @staticmethod
-    def saveNode(node, path: str | Path) -> Path:
-        """Write a node with its default storage node (format from the extension: ``.h5`` transform, ``.nrrd``
-        volume, ``.seg.nrrd``, ``.mrk.json``), atomically; the node keeps no reference to the file.
-
-        Raises:
-            MetaRegistrationLib.errors.MetaRegistrationError: naming the node and the file when writing fails.
-        """
-        from MetaRegistrationLib.errors import InputError
-        from MetaRegistrationLib.files import atomic_path
-
-        from . import conversions
-
-        path = Path(path)
-        with atomic_path(path) as temporary:
-            writer = node.CreateDefaultStorageNode()
-            writer.SetFileName(str(temporary))
-            if not writer.WriteData(node):
-                raise InputError(f"{conversions.nodeName(node)}: could not be written to {path}")
-        return path
-
-    # --- batch evaluation ---------------------------------------------------------------------------------------
-
-    def evaluateFolder(self, dataDir: str | Path, outputDir: str | Path, method: str = "meta",
-                       frames: Iterable[int] = range(2, 11), modelPath: str | None = None,
-                       cases: Sequence[str] | None = None, split: str | None = None, label: str | None = None,
-                       progress: Callable[[str], None] | None = None):
-        """Run the sweep simulation of ``metareg evaluate`` on a data folder (layout of ``mrus-prostate``) and write
-        the same outputs into ``outputDir`` (``MetaRegistrationLib.report.OUTPUT_FILES``: ``cases.csv``,
-        ``summary.csv``, ``report.md`` and the TRE and DSC box plots; all or none).
-
-        Args:
-            method: a method of ``MetaRegistrationLib.registration.METHODS`` ("meta", "centroid", ...).
-            frames: frame counts to report for sweep methods.
-            cases / split: the case IDs, or a split of the folder's ``split.json`` (default: every case).
-            progress: called with each case ID when it is done.
-
-        Returns:
-            ``(rows, summary)``: ``MetaRegistrationLib.evaluation`` case and summary rows.
-        """
-        from MetaRegistrationLib.data import Dataset
-        from MetaRegistrationLib.evaluation import evaluate_cases, summarise
-        from MetaRegistrationLib.report import write_evaluation
-
-        dataset = Dataset(dataDir)
-        caseIds = list(cases) if cases else dataset.split(split) if split else dataset.case_ids()
-        frameCounts = sorted(set(frames))
-        rows = evaluate_cases(dataset, caseIds, method, frameCounts, modelPath,
-                              progress=progress, label=label)
-        summary = summarise(rows)
-        command = (f"MetaRegistrationLogic.evaluateFolder({str(dataDir)!r}, {str(outputDir)!r}, method={method!r}, "
-                   f"frames={frameCounts}, modelPath={modelPath!r}, cases={cases!r}, split={split!r})")
-        write_evaluation(outputDir, rows, summary, command, dataDir)
-        self.statusText = f"Evaluated {len(caseIds)} cases with {label or method}: {Path(outputDir)}"
-        return rows, summary
-
-
-def _csvValue(value) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else repr(value)
-    return str(value)
-
-
-def _fillTable(tableNode, columns: Sequence[str], rows: Sequence[Sequence]) -> None:
-    """Replace a table node's content: one column per name, typed by its first value (strings if no row)."""
-    import vtk
-
-    table = tableNode.GetTable()
-    wasModifying = tableNode.StartModify()
-    tableNode.RemoveAllColumns()
-    for index, name in enumerate(columns):
-        values = [row[index] for row in rows]
-        numeric = bool(values) and all(isinstance(v, (int, float, np.floating, np.integer)) for v in values)
-        array = vtk.vtkDoubleArray() if numeric else vtk.vtkStringArray()
-        array.SetName(name)
-        for value in values:
-            array.InsertNextValue(float(value) if numeric else str(value))
-        table.AddColumn(array)
-    tableNode.Modified()
-    tableNode.EndModify(wasModifying)
+                conversions.updateVolumeNode(self.outputVolumeNode, outputs.volume, grid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gc
 import threading
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from MetaRegistrationLib import adaptation
-from MetaRegistrationLib.adaptation import AdaptationSession
+from MetaRegistrationLib.adaptation import AdaptationError, AdaptationSession
+from MetaRegistrationLib.data import Volume
 from MetaRegistrationLib.settings import AdaptationSettings
 from MetaRegistrationLib.alignment import frames_gland_alignment
 from MetaRegistrationLib.errors import InputError
@@ -114,29 +116,31 @@ def test_adaptation_raises_the_gland_dice(phantom, frames):
 def _far_away(frames):
     frame = frames[2]
     return "add_frames", ([Frame(frame.image, frame.gland, translation([500.0, 0.0, 0.0]) @ frame.pose)],), \
-        "frame 3 lies outside the TRUS grid"
+        "^the frame given lies outside the TRUS grid"
 
 
 def _empty_gland(frames):
     frame = frames[2]
     return "add_frames", ([Frame(frame.image, np.zeros_like(frame.gland), frame.pose)],), \
-        "frame 3 has an empty gland label"
+        "^the frame given has an empty gland label$"
 
 
 def _same_pose(frames):
     # A new frame object (other pixels) at a pose already acquired.
     frame = frames[0]
     return "add_frames", ([Frame(frame.image[::-1].copy(), frame.gland, frame.pose.copy())],), \
-        "frame 3 lies on a plane already acquired"
+        r"^the frame given lies on a plane already acquired \(frame 1 of the session\)$"
 
 
 def _good_then_bad(frames):
-    # The good frame of the batch must not be kept either.
-    return "add_frames", ([frames[2], frames[0]],), "frame 4 lies on a plane already acquired"
+    # The good frame of the batch must not be kept either; the frame is numbered within the frames given.
+    return "add_frames", ([frames[2], frames[0]],), \
+        r"^frame 2 of the 2 given lies on a plane already acquired \(frame 1 of the session\)$"
 
 
 def _twice_in_one_batch(frames):
-    return "add_frames", ([frames[2], frames[2]],), "frame 4 lies on a plane already acquired"
+    return "add_frames", ([frames[2], frames[2]],), \
+        "^frame 2 of the 2 given lies on the plane of frame 1 of the 2 given$"
 
 
 def _mr_landmark_outside(frames):
@@ -155,8 +159,36 @@ def _mismatched_landmarks(frames):
         "as many MR points as TRUS points, got 2 and 3"
 
 
+def _nan_pixel(frames):
+    frame = frames[2]
+    image = frame.image.copy()
+    image[3, 3] = np.nan
+    return "add_frames", ([Frame(image, frame.gland, frame.pose)],), \
+        "^the frame given has NaN or infinite values in its pixels$"
+
+
+def _nan_pose(frames):
+    frame = frames[2]
+    pose = frame.pose.copy()
+    pose[0, 3] = np.nan
+    return "add_frames", ([frames[3], Frame(frame.image, frame.gland, pose)],), \
+        "^frame 2 of the 2 given has NaN or infinite values in its pose$"
+
+
+def _nan_landmark(frames):
+    inside = apply_affine(frames[3].pose, [20.0, 10.0, 0.0])
+    return "add_landmarks", ([inside, [np.nan, 0.0, 0.0]], [inside, inside]), \
+        r"^MR landmark 2 has a NaN or infinite coordinate \(\[nan, 0.0, 0.0\]\)$"
+
+
+def _infinite_landmark(frames):
+    inside = apply_affine(frames[3].pose, [20.0, 10.0, 0.0])
+    return "add_landmarks", ([inside], [[np.inf, 0.0, 0.0]]), "^TRUS landmark 1 has a NaN or infinite coordinate"
+
+
 @pytest.mark.parametrize("bad_input", [_far_away, _empty_gland, _same_pose, _good_then_bad, _twice_in_one_batch,
-                                       _mr_landmark_outside, _trus_landmark_outside, _mismatched_landmarks],
+                                       _mr_landmark_outside, _trus_landmark_outside, _mismatched_landmarks,
+                                       _nan_pixel, _nan_pose, _nan_landmark, _infinite_landmark],
                          ids=lambda f: f.__name__.strip("_"))
 def test_bad_input_is_refused_and_leaves_the_session_unchanged(phantom, frames, bad_input):
     # One update per interaction, so an input wrongly accepted would change the updates and the prediction.
@@ -174,6 +206,123 @@ def test_bad_input_is_refused_and_leaves_the_session_unchanged(phantom, frames, 
     np.testing.assert_array_equal(after[4], before[4])
     # Still usable, and the refused frame (when it was a good one) can still be added.
     assert session.add_frames([frames[2]]).frames == 3
+
+
+# --- an interaction is all or nothing -------------------------------------------------------------------------
+
+def full_state(session: AdaptationSession) -> tuple:
+    """Everything an interaction changes, including what predict() does not show: the optimiser's moments."""
+    return (state_of(session), len(session._landmarks_fixed),
+            {name: tensor.clone() for name, tensor in session.model.state_dict().items()},
+            copy.deepcopy(session.optimizer.state_dict()["state"]))
+
+
+def assert_same(after: tuple, before: tuple) -> None:
+    (counts, landmarks, weights, optimizer), (counts0, landmarks0, weights0, optimizer0) = after, before
+    assert counts[:2] == counts0[:2] and landmarks == landmarks0
+    for a, b in zip(counts[2], counts0[2]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(counts[3], counts0[3])
+    np.testing.assert_array_equal(counts[4], counts0[4])
+    assert all(torch.equal(weights[name], weights0[name]) for name in weights0)
+    assert optimizer.keys() == optimizer0.keys()
+    for key, state in optimizer0.items():
+        assert all(torch.equal(torch.as_tensor(optimizer[key][name]), torch.as_tensor(value))
+                   for name, value in state.items())
+
+
+@pytest.mark.parametrize("failing", ["adaptation_step", "predict"])
+def test_a_failure_after_the_gradient_step_rolls_the_session_back(phantom, frames, monkeypatch, failing):
+    session = new_session(phantom, fresh_network(), updates=2)
+    reference = new_session(phantom, fresh_network(), updates=2)
+    for each in (session, reference):
+        each.add_frames(frames[:2])
+        each.add_landmarks(frames[1].pose[:3, 3][None], frames[1].pose[:3, 3][None])
+    before = full_state(session)
+    real = getattr(adaptation, "adaptation_step") if failing == "adaptation_step" else AdaptationSession.predict
+
+    def step_then_fail(*args):
+        real(*args)  # the weights and the optimiser's moments have changed when this raises
+        raise RuntimeError("injected failure")
+
+    with monkeypatch.context() as patch:
+        if failing == "adaptation_step":
+            patch.setattr(adaptation, "adaptation_step", step_then_fail)
+        else:
+            patch.setattr(AdaptationSession, "predict", step_then_fail)
+        with pytest.raises(RuntimeError, match="injected failure"):
+            session.add_frames([frames[2]])
+        with pytest.raises(RuntimeError, match="injected failure"):
+            session.add_landmarks(frames[3].pose[:3, 3][None], frames[3].pose[:3, 3][None])
+    assert_same(full_state(session), before)
+    # The next frame works, exactly as in a session that never saw the failure.
+    result, expected = session.add_frames([frames[2]]), reference.add_frames([frames[2]])
+    assert (result.frames, result.updates) == (expected.frames, expected.updates) == (3, 6)
+    np.testing.assert_array_equal(result.transform.displacement, expected.transform.displacement)
+
+
+def test_a_diverging_adaptation_is_rolled_back_with_a_message(phantom, frames):
+    case, _ = phantom
+    # Measured: with this step size the weights explode and the second update's loss is NaN.
+    session = AdaptationSession(fresh_network(), case.moving_image, case.moving_labels, case.fixed_image.grid,
+                                settings=AdaptationSettings(learning_rate=1e30, updates_per_interaction=3))
+    session.add_frames(frames[:1])
+    before = (session.frame_count, session.updates, {n: t.clone() for n, t in session.model.state_dict().items()})
+    with pytest.raises(AdaptationError, match=r"^the adaptation diverged: the (loss of update \d is|displacement)"):
+        session.add_frames([frames[1]])
+    assert (session.frame_count, session.updates) == before[:2] == (1, 0)
+    assert all(torch.equal(t, before[2][n]) for n, t in session.model.state_dict().items())
+    assert session.optimizer.state_dict()["state"] == {}
+    # A displacement that is not finite after a step (a finite loss) is caught as well.
+    session = new_session(phantom, fresh_network(), updates=1)
+    session.add_frames(frames[:2])
+    state = full_state(session)
+
+    def poison(model, optimizer, problem, settings):
+        with torch.no_grad():
+            next(model.parameters()).fill_(float("inf"))
+        return 0.5
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(adaptation, "adaptation_step", poison)
+        with pytest.raises(AdaptationError, match="^the adaptation diverged: the displacement after update 2 holds"):
+            session.add_frames([frames[2]])
+    assert_same(full_state(session), state)
+    assert session.add_frames([frames[2]]).updates == 2
+
+
+def test_snapshot_and_restore_undo_an_interaction_for_a_caller(phantom, frames):
+    session = new_session(phantom, fresh_network(), updates=2)
+    session.add_frames(frames[:2])
+    before = full_state(session)
+    snapshot = session.snapshot()
+    session.add_frames([frames[2]])  # e.g. the caller then fails to write its outputs
+    session.restore(snapshot)
+    assert_same(full_state(session), before)
+    assert session.add_frames([frames[2]]).frames == 3
+
+
+def test_non_finite_weights_images_and_settings_are_refused_before_any_step(phantom, frames):
+    case, _ = phantom
+    network = fresh_network()
+    with torch.no_grad():
+        next(network.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(InputError, match=r"^the network's weight \S+ holds NaN or infinite values$"):
+        new_session(phantom, network)
+    image = case.moving_image.array.copy()
+    image[0, 2, 2, 2] = np.inf
+    with pytest.raises(InputError, match="^MR: holds NaN or infinite values$"):
+        AdaptationSession(fresh_network(), Volume(image, case.moving_image.grid, "MR"), case.moving_labels,
+                          case.fixed_image.grid)
+    session = new_session(phantom, fresh_network())
+    session.add_frames(frames[:2])
+    before = full_state(session)
+    forged = AdaptationSettings()
+    object.__setattr__(forged, "learning_rate", float("nan"))  # validated settings cannot hold NaN; forged ones can
+    session.settings = forged
+    with pytest.raises(InputError, match="^adaptation setting learning_rate is nan; a finite number is needed$"):
+        session.add_frames([frames[2]])
+    assert_same(full_state(session), before)
 
 
 # --- landmark pairs --------------------------------------------------------------------------------------------

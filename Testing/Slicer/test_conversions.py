@@ -347,3 +347,17 @@ def test_landmarks_round_trip_through_a_mrk_json_file(mrml_scene, tmp_path):
     assert list(read) == ["apex", "base"]
     for label, point in points.items():
         np.testing.assert_allclose(read[label], point, atol=1e-9)
+
+
+def test_non_finite_geometry_or_points_are_refused_naming_the_node(mrml_scene):
+    node = volume_node(mrml_scene, np.ones(OBLIQUE.array_shape, np.float32), OBLIQUE, name="broken MR")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(1, 1, float("nan"))
+    node.SetIJKToRASMatrix(matrix)
+    with pytest.raises(InputError, match=r"^broken MR: its geometry \(IJK-to-RAS matrix or parent transform\) holds "
+                                         "NaN or infinite values$"):
+        conversions.volumeFromNode(node)
+    points = conversions.markupsFromPoints(mrml_scene, {"A": np.zeros(3)}, "points")
+    points.SetNthControlPointPosition(0, 0.0, float("inf"), 0.0)
+    with pytest.raises(InputError, match="^points: point 'A' has a NaN or infinite coordinate"):
+        conversions.pointsFromMarkups(points, world=True)

@@ -1,10 +1,11 @@
-"""The module's Logic (MetaRegistrationSlicer.logic) on slicer-core's MRML: sessions, outputs, evaluation, errors."""
+"""The module's Logic (MetaRegistrationSlicer.logic) on slicer-core's MRML: sessions, interactions, outputs, and
+bad input (an interaction that fails, however late, leaves the session and the outputs as they were)."""
 
 from __future__ import annotations
 
 import collections
-import csv
-import hashlib
+import copy
+import types
 
 import numpy as np
 import pytest
@@ -13,85 +14,31 @@ import torch
 slicer = pytest.importorskip("slicer", reason="slicer-core (3D Slicer's MRML as a wheel) is not installed")
 import vtk  # noqa: E402
 
-from MetaRegistrationLib.settings import AdaptationSettings  # noqa: E402
-from MetaRegistrationLib.data import Case, Dataset, Volume  # noqa: E402
+from MetaRegistrationLib import adaptation  # noqa: E402
+from MetaRegistrationLib.adaptation import AdaptationError  # noqa: E402
+from MetaRegistrationLib.data import Dataset  # noqa: E402
 from MetaRegistrationLib.errors import InputError  # noqa: E402
 from MetaRegistrationLib.evaluation import evaluate_cases  # noqa: E402
-from MetaRegistrationLib.geometry import Grid, Transform, resample, translation  # noqa: E402
+from MetaRegistrationLib.geometry import resample  # noqa: E402
 from MetaRegistrationLib.metrics import evaluate_transform  # noqa: E402
 from MetaRegistrationLib.models import save_model  # noqa: E402
 from MetaRegistrationLib.network import RegistrationNet  # noqa: E402
 from MetaRegistrationLib.registration import sweep_frames  # noqa: E402
-from MetaRegistrationLib.report import OUTPUT_FILES  # noqa: E402
-from MetaRegistrationLib.sweep import extract_frame, plane_pose, sweep_positions  # noqa: E402
+from MetaRegistrationLib.settings import AdaptationSettings  # noqa: E402
+from MetaRegistrationLib.sweep import extract_frame, plane_pose  # noqa: E402
 from MetaRegistrationSlicer import conversions  # noqa: E402
-from MetaRegistrationSlicer.logic import SWEEP_COLUMNS, MetaRegistrationCoreLogic  # noqa: E402
+from MetaRegistrationSlicer.logic import OUTPUT_ATTRIBUTES, MetaRegistrationCoreLogic  # noqa: E402
 
-from conftest import blob  # noqa: E402
-
-SHIFT_LPS = np.array([4.5, -3.0, 1.5])
-"""The synthetic MR is its TRUS moved by this: the true phi is x + SHIFT_LPS."""
-
+from slicer_cases import (  # noqa: E402, F401 - shifted_case is a fixture
+    checksum,
+    frame_nodes,
+    node_classes,
+    shifted_case,
+    started,
+    world_points,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def shifted_case() -> Case:
-    """A case whose MR is its TRUS translated by SHIFT_LPS, on real-data-like axes (RAS-identity directions)."""
-    shape = (16, 22, 18)  # (k, j, i)
-    gland = (blob(shape, (8, 11, 9), 4.0) > 0.35).astype(np.float32)
-    landmarks = [blob(shape, centre, 1.0) for centre in ((6, 9, 8), (10, 13, 10), (8, 10, 12))]
-    image = (60 + 120 * gland + 50 * sum(landmarks)).astype(np.float32)
-    labels = np.stack([gland, *landmarks])
-    direction = np.diag([-1.0, -1.0, 1.0])
-    fixed = Grid.from_arrays(shape[::-1], (1.5, 1.5, 1.5), (-1.5, -1.5, 1.5), direction)
-    moving = Grid.from_arrays(shape[::-1], (1.5, 1.5, 1.5), np.array(fixed.origin) + SHIFT_LPS, direction)
-    return Case("shifted", Volume(image[None], moving, "MR"), Volume(labels, moving, "MR labels"),
-                Volume(image[None], fixed, "TRUS"), Volume(labels, fixed, "TRUS labels"))
-
-
-def frame_nodes(scene, case: Case, count: int | None = None) -> list[tuple]:
-    """Tracked frame nodes of a right-to-left sweep: ``count`` frames, or every plane holding gland."""
-    gland = case.fixed_labels.array[0]
-    if count is None:
-        low, high = np.flatnonzero(gland.any(axis=(0, 2)))[[0, -1]]
-        count = high - low + 1
-    frames = [extract_frame(case.fixed_image, gland, p) for p in sweep_positions(gland, count)]
-    return [conversions.frameNodesFromFrame(scene, frame, f"frame {n}") for n, frame in enumerate(frames, 1)]
-
-
-def checksum(node) -> str:
-    """What a node holds, as a digest: voxels and geometry, segments, control points, its parent transform."""
-    digest = hashlib.sha256()
-    if node.IsA("vtkMRMLVolumeNode"):
-        digest.update(slicer.util.arrayFromVolume(node).tobytes())
-        matrix = vtk.vtkMatrix4x4()
-        node.GetIJKToRASMatrix(matrix)
-        digest.update(conversions.arrayFromMatrix(matrix).tobytes())
-    if node.IsA("vtkMRMLSegmentationNode"):
-        segmentation = node.GetSegmentation()
-        for n in range(segmentation.GetNumberOfSegments()):
-            mask, grid, _ = conversions.labelFromNode(node, segmentation.GetNthSegmentID(n))
-            digest.update(mask.tobytes() + repr(grid).encode())
-    if node.IsA("vtkMRMLMarkupsNode"):
-        digest.update(slicer.util.arrayFromMarkupsControlPoints(node).tobytes())
-    digest.update(str(node.GetTransformNodeID() if node.IsA("vtkMRMLTransformableNode") else "").encode())
-    return digest.hexdigest()
-
-
-def node_classes(scene) -> collections.Counter:
-    return collections.Counter(scene.GetNthNode(n).GetClassName() for n in range(scene.GetNumberOfNodes()))
-
-
-def world_points(markups) -> np.ndarray:
-    return np.array([markups.GetNthControlPointPositionWorld(n) for n in range(markups.GetNumberOfControlPoints())])
-
-
-def started(scene, nodes, model, **kwargs) -> MetaRegistrationCoreLogic:
-    logic = MetaRegistrationCoreLogic(scene)
-    logic.startSession(nodes["MR"], nodes["MR segmentation"], nodes["TRUS"], modelPath=str(model), **kwargs)
-    return logic
 
 
 # --- a session with a known answer ------------------------------------------------------------------------------
@@ -213,70 +160,6 @@ def test_reset_returns_outputs_to_identity(mrml_scene, shifted_case, tiny_model)
     assert logic.addFrames(frame_nodes(mrml_scene, shifted_case, 2))[-1].updates == 1
 
 
-# --- evaluation -------------------------------------------------------------------------------------------------
-
-def test_evaluation_panel_equals_the_library_and_saves_csv(mrml_scene, shifted_case, tiny_model, tmp_path):
-    nodes = conversions.caseNodes(mrml_scene, shifted_case)
-    logic = started(mrml_scene, nodes, tiny_model)
-    logic.addFrames(frame_nodes(mrml_scene, shifted_case, 3))
-    nodes["TRUS points"].AddControlPoint(vtk.vtkVector3d(1, 2, 3), "TRUS only")
-    # The library's numbers for the transform the node holds, from the label channels.
-    library = evaluate_transform(shifted_case, conversions.transformFromNode(logic.outputTransformNode,
-                                                                             shifted_case.fixed_image.grid))
-    report = logic.evaluate(nodes["MR points"], nodes["TRUS points"], logic.outputTransformNode,
-                            nodes["MR segmentation"], nodes["TRUS labelmap"])
-    assert report.labels == ["L1", "L2", "L3"] and report.fixedOnlyLabels == ["TRUS only"]
-    np.testing.assert_allclose(report.pointErrorsMm, library.landmark_errors_mm, atol=1e-9)
-    assert report.treMm == pytest.approx(library.tre_mm, abs=1e-9)
-    assert report.dsc == pytest.approx(library.dsc, abs=1e-9)
-    assert report.foldPercent == pytest.approx(library.fold_pct, abs=1e-9)
-    assert "TRUS only: TRUS only" in report.status
-    table = logic.evaluationTableNode
-    assert table.GetAttribute("MetaRegistration.UnmatchedLabels") == "TRUS only (TRUS only)"
-    path = logic.saveTableCsv(table, tmp_path / "evaluation" / "panel.csv")
-    rows = list(csv.DictReader(open(path)))
-    assert [r["measure"] for r in rows] == ["landmark L1 error", "landmark L2 error", "landmark L3 error", "RMS TRE",
-                                            "gland DSC", "folding", "gland HD95"]
-    assert float(rows[3]["value"]) == pytest.approx(library.tre_mm, abs=1e-9)
-    assert sorted(p.name for p in path.parent.iterdir()) == ["panel.csv"]  # no temporary left behind
-
-
-def test_tre_per_frame_is_tabulated_and_plotted(mrml_scene, shifted_case, tiny_model):
-    nodes = conversions.caseNodes(mrml_scene, shifted_case)
-    logic = started(mrml_scene, nodes, tiny_model)
-    logic.trackSweep(nodes["MR points"], nodes["TRUS points"], nodes["TRUS segmentation"])
-    logic.addFrames(frame_nodes(mrml_scene, shifted_case, 4))
-    table = logic.sweepTableNode
-    assert [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())] == list(SWEEP_COLUMNS)
-    assert list(slicer.util.arrayFromTableColumn(table, "frames")) == [2, 3, 4]
-    final = evaluate_transform(shifted_case, logic.lastTransform)
-    assert slicer.util.arrayFromTableColumn(table, "tre_mm")[-1] == pytest.approx(final.tre_mm, abs=1e-9)
-    assert slicer.util.arrayFromTableColumn(table, "dsc")[-1] == pytest.approx(final.dsc, abs=1e-9)
-    series = logic.sweepPlotChartNode.GetNthPlotSeriesNode(0)
-    assert series.GetTableNode() is table and series.GetYColumnName() == "tre_mm"
-
-
-def test_evaluate_folder_writes_the_tables_of_metareg_evaluate(mrml_scene, synthetic_dataset, tiny_model, tmp_path):
-    from Training.cli import main
-
-    logic = MetaRegistrationCoreLogic(mrml_scene)
-    rows, summary = logic.evaluateFolder(synthetic_dataset, tmp_path / "slicer", method="meta", frames=[2, 3],
-                                         modelPath=str(tiny_model), split="val")
-    assert [(r.case, r.frames) for r in rows] == [("b", 2), ("b", 3)] and len(summary) == 2
-    assert main(["evaluate", "--data", str(synthetic_dataset), "--split", "val", "--method", "meta", "--frames",
-                 "2,3", "--model", str(tiny_model), "--out", str(tmp_path / "cli")]) == 0
-
-    def without_seconds(path):
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(open(path))]
-
-    assert without_seconds(tmp_path / "slicer" / "cases.csv") == without_seconds(tmp_path / "cli" / "cases.csv")
-    assert (tmp_path / "slicer" / "summary.csv").read_text() == (tmp_path / "cli" / "summary.csv").read_text()
-    # The same files: tables, report and box plots.
-    assert sorted(p.name for p in (tmp_path / "slicer").iterdir()) == sorted(OUTPUT_FILES)
-    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == sorted(OUTPUT_FILES)
-    assert "evaluateFolder(" in (tmp_path / "slicer" / "report.md").read_text()
-
-
 # --- bad input --------------------------------------------------------------------------------------------------
 
 def session_state(logic) -> tuple:
@@ -307,10 +190,12 @@ def test_bad_input_names_the_node_and_leaves_the_session_unchanged(mrml_scene, s
          "^empty MR gland: the MR gland is empty$"),
         (lambda: logic.startSession(nodes["MR"], nodes["MR segmentation"], nodes["TRUS"], outputVolume=nodes["MR"]),
          "^MR: is an input; choose another output node$"),
-        (lambda: logic.addFrame(*far_nodes), "^far frame: frame 3 lies outside the TRUS grid"),
+        (lambda: logic.addFrame(*far_nodes), r"^far frame: lies outside the TRUS grid \(18x22x16 voxels"),
         (lambda: logic.addFrame(nodes["TRUS"], frames[2][1]),
          r"^TRUS: is a 3D volume \(18x22x16 voxels\); a single-slice \(2D\) frame is expected$"),
-        (lambda: logic.addFrame(frames[0][0], frames[0][1]), "^frame 1: frame 3 lies on a plane already acquired$"),
+        # The node the user gave, and the node of the frame already on that plane (not the session's "frame 3").
+        (lambda: logic.addFrame(frames[0][0], frames[0][1]),
+         r"^frame 1: lies on a plane already acquired \(the plane of frame 1\)$"),
         (lambda: logic.addLandmarks(nodes["MR points"], other),
          r"^MR landmarks and unlabelled points: no control point label in common \(MR: L1, L2, L3; TRUS: X\)$"),
         (lambda: logic.startSession(nodes["MR"], nodes["MR segmentation"], nodes["TRUS"],
@@ -382,11 +267,225 @@ def test_start_button_text_says_what_is_missing(mrml_scene, shifted_case):
     assert missing(nodes["MR"], nodes["MR segmentation"], nodes["TRUS"]) == ""
 
 
-def test_evaluation_without_a_session_uses_the_glands_own_geometry(mrml_scene, shifted_case):
+# --- methods from the registry ----------------------------------------------------------------------------------
+
+def test_the_session_comes_from_the_method_registry(mrml_scene, shifted_case, tiny_model):
     nodes = conversions.caseNodes(mrml_scene, shifted_case)
-    truth = mrml_scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "true phi")
-    grid = shifted_case.fixed_image.grid
-    conversions.setGridTransform(truth, Transform(translation(SHIFT_LPS)), grid)
-    report = MetaRegistrationCoreLogic(mrml_scene).evaluate(
-        nodes["MR points"], nodes["TRUS points"], truth, nodes["MR labelmap"], nodes["TRUS labelmap"])
-    assert report.treMm < 1e-6 and report.dsc == 1.0 and report.foldPercent == 0.0
+    logic = MetaRegistrationCoreLogic(mrml_scene)
+    start = logic.startSession(nodes["MR"], nodes["MR segmentation"], nodes["TRUS"], modelPath=str(tiny_model),
+                               method="meta-noadapt")
+    assert start.status.startswith("Session started: MR to TRUS with meta-noadapt on cpu")
+    report = logic.addFrames(frame_nodes(mrml_scene, shifted_case, 3))[-1]
+    assert report.registered and report.updates == 0  # the method predicts without adapting
+    session = logic._session
+    with pytest.raises(InputError, match="^method 'centroid' registers whole volumes; an interactive sweep needs"):
+        started(mrml_scene, nodes, tiny_model, method="centroid")
+    with pytest.raises(InputError, match="^unknown method 'elastix'; choose one of"):
+        logic.startSession(nodes["MR"], nodes["MR segmentation"], nodes["TRUS"], method="elastix")
+    assert logic._session is session
+
+
+# --- the Start button's entry point -----------------------------------------------------------------------------
+
+def parameter_node(nodes, **changes) -> types.SimpleNamespace:
+    """What the module's parameter node holds, as plain attributes."""
+    fields = dict(movingVolume=nodes["MR"], movingSegmentation=nodes["MR segmentation"], fixedVolume=nodes["TRUS"],
+                  modelPath=None, device="cpu", outputTransform=None, outputVolume=None, outputSegmentation=None,
+                  resampleVolume=True, trackSweep=False, movingLandmarks=nodes["MR points"],
+                  fixedLandmarks=nodes["TRUS points"], fixedSegmentation=nodes["TRUS segmentation"])
+    return types.SimpleNamespace(**{**fields, **changes})
+
+
+def test_start_using_the_parameter_node_starts_and_tracks_the_sweep(mrml_scene, shifted_case, tiny_model):
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
+    logic = MetaRegistrationCoreLogic(mrml_scene)
+    report = logic.startSessionUsingParameterNode(parameter_node(nodes, modelPath=tiny_model, trackSweep=True))
+    assert report.status.startswith("Session started: MR to TRUS with meta on cpu")
+    logic.addFrames(frame_nodes(mrml_scene, shifted_case, 3))
+    assert [row["frames"] for row in logic.sweepRows] == [2, 3]
+    assert logic.outputVolumeNode is not None  # resampleVolume came from the parameter node
+    # Tracking asked without landmarks: refused before anything changes.
+    session = logic._session
+    with pytest.raises(InputError, match="^tracking TRE across the sweep needs the MR and the TRUS landmarks"):
+        logic.startSessionUsingParameterNode(parameter_node(nodes, modelPath=tiny_model, trackSweep=True,
+                                                            fixedLandmarks=None))
+    other = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "unlabelled points")
+    other.AddControlPoint(vtk.vtkVector3d(0, 0, 0), "X")
+    with pytest.raises(InputError, match="no control point label in common"):
+        logic.startSessionUsingParameterNode(parameter_node(nodes, modelPath=tiny_model, trackSweep=True,
+                                                            fixedLandmarks=other))
+    assert logic._session is session and len(logic.sweepRows) == 2
+    # Without tracking, the landmarks are not read.
+    logic.startSessionUsingParameterNode(parameter_node(nodes, modelPath=str(tiny_model), fixedLandmarks=other))
+    assert logic._session is not session
+
+
+# --- no scene ---------------------------------------------------------------------------------------------------
+
+def test_a_logic_without_a_scene_fails_at_start_in_one_line(mrml_scene, shifted_case, tiny_model, monkeypatch):
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
+    monkeypatch.delattr(slicer, "mrmlScene", raising=False)
+    logic = MetaRegistrationCoreLogic()
+    with pytest.raises(InputError, match=r"^no MRML scene: give one to MetaRegistrationCoreLogic\(scene\) or set "
+                                         r"slicer.mrmlScene$"):
+        logic.startSession(nodes["MR"], nodes["MR segmentation"], nodes["TRUS"], modelPath=str(tiny_model))
+    assert not logic.hasSession
+    monkeypatch.setattr(slicer, "mrmlScene", mrml_scene, raising=False)
+    logic.startSession(nodes["MR"], nodes["MR segmentation"], nodes["TRUS"], modelPath=str(tiny_model))
+    assert logic.addFrames(frame_nodes(mrml_scene, shifted_case, 2))[-1].registered
+
+
+# --- an interaction is all or nothing ---------------------------------------------------------------------------
+
+def full_state(logic) -> dict:
+    """Everything an interaction may change: the session (frames, pairs, updates, weights, optimiser state), the
+    Logic's bookkeeping and the output nodes' content."""
+    session = logic._session
+    outputs = {name: checksum(node) for name in OUTPUT_ATTRIBUTES if (node := getattr(logic, name)) is not None}
+    return {
+        "counts": (session.frame_count, len(session._landmarks_fixed), session.updates),
+        "poses": [pose.tobytes() for pose in session.frame_poses],
+        "weights": {name: tensor.clone() for name, tensor in session.model.state_dict().items()},
+        "optimizer": copy.deepcopy(session.optimizer.state_dict()["state"]),
+        "logic": (len(logic.reports), logic.givenLandmarkLabels, list(logic.sweepRows), logic.statusText,
+                  logic.lastTransform, tuple(getattr(logic, name) for name in OUTPUT_ATTRIBUTES)),
+        "outputs": outputs,
+        "nodes": node_classes(logic.scene),
+    }
+
+
+def assert_same_state(after: dict, before: dict) -> None:
+    assert after["counts"] == before["counts"] and after["poses"] == before["poses"]
+    assert after["weights"].keys() == before["weights"].keys()
+    assert all(torch.equal(after["weights"][name], before["weights"][name]) for name in before["weights"])
+    assert after["optimizer"].keys() == before["optimizer"].keys()
+    for key, state in before["optimizer"].items():
+        assert all(torch.equal(torch.as_tensor(after["optimizer"][key][name]), torch.as_tensor(value))
+                   for name, value in state.items())
+    assert after["logic"] == before["logic"]
+    assert after["outputs"] == before["outputs"] and after["nodes"] == before["nodes"]
+
+
+def failing_after(monkeypatch, module, name: str, calls: int = 1):
+    """Make ``module.name`` raise a RuntimeError after its real work, from its ``calls``-th call on."""
+    real = getattr(module, name)
+    count = [0]
+
+    def fail(*args, **kwargs):
+        result = real(*args, **kwargs)
+        count[0] += 1
+        if count[0] >= calls:
+            raise RuntimeError(f"injected failure in {name}")
+        return result
+
+    monkeypatch.setattr(module, name, fail)
+
+
+@pytest.mark.parametrize("where", ["gradient step", "prediction", "output segmentation", "output volume",
+                                   "sweep table"])
+def test_a_late_failure_leaves_session_and_outputs_as_they_were(mrml_scene, shifted_case, tiny_model, monkeypatch,
+                                                                where):
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
+    frames = frame_nodes(mrml_scene, shifted_case, 4)
+    logic = started(mrml_scene, nodes, tiny_model, resampleVolume=True)
+    reference = started(mrml_scene, nodes, tiny_model, resampleVolume=True)
+    for each in (logic, reference):
+        each.trackSweep(nodes["MR points"], nodes["TRUS points"], nodes["TRUS segmentation"])
+        each.addFrames(frames[:2])
+        each.addLandmarks(nodes["MR points"], nodes["TRUS points"])  # so that pairs and optimiser state exist
+    before = full_state(logic)
+    with monkeypatch.context() as patch:
+        if where == "gradient step":
+            failing_after(patch, adaptation, "adaptation_step")
+        elif where == "prediction":
+            failing_after(patch, adaptation.AdaptationSession, "predict")
+        elif where == "output segmentation":  # the transform node is written before it: it must be put back
+            failing_after(patch, conversions, "segmentationFromMask")
+        elif where == "output volume":
+            failing_after(patch, conversions, "updateVolumeNode")
+        else:
+            from MetaRegistrationSlicer import tables
+
+            failing_after(patch, tables, "fillTable")
+        with pytest.raises(RuntimeError, match="injected failure in "):
+            logic.addFrame(*frames[2])
+    assert_same_state(full_state(logic), before)
+    # The next frame works, as if the failed one had never been tried.
+    report = logic.addFrame(*frames[2])
+    expected = reference.addFrame(*frames[2])
+    assert (report.frames, report.updates, report.landmarkPairs) == (expected.frames, expected.updates, 3) == (3, 3, 3)
+    np.testing.assert_array_equal(logic.lastTransform.displacement, reference.lastTransform.displacement)
+    assert [row["tre_mm"] for row in logic.sweepRows] == [row["tre_mm"] for row in reference.sweepRows]
+
+
+def test_a_failure_at_the_first_registration_removes_the_output_nodes_it_created(mrml_scene, shifted_case,
+                                                                                   tiny_model, monkeypatch):
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
+    frames = frame_nodes(mrml_scene, shifted_case, 2)
+    logic = started(mrml_scene, nodes, tiny_model, resampleVolume=True)
+    logic.addFrame(*frames[0])
+    before = full_state(logic)
+    with monkeypatch.context() as patch:
+        failing_after(patch, conversions, "updateVolumeNode")  # the last output written
+        with pytest.raises(RuntimeError):
+            logic.addFrame(*frames[1])
+    assert_same_state(full_state(logic), before)
+    assert logic.outputTransformNode is None and logic.outputSegmentationNode is None
+    assert logic.addFrame(*frames[1]).registered and logic.outputVolumeNode.GetScene() is mrml_scene
+
+
+def test_a_failed_reset_keeps_the_session(mrml_scene, shifted_case, tiny_model, monkeypatch):
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
+    logic = started(mrml_scene, nodes, tiny_model)
+    logic.addFrames(frame_nodes(mrml_scene, shifted_case, 2))
+    before = full_state(logic)
+    with monkeypatch.context() as patch:
+        failing_after(patch, conversions, "segmentationFromMask")
+        with pytest.raises(RuntimeError):
+            logic.reset()
+    assert_same_state(full_state(logic), before)
+    assert logic.reset().frames == 0
+
+
+def test_an_adaptation_error_from_a_worker_is_raised_by_finish_naming_the_node(mrml_scene, shifted_case,
+                                                                               tiny_model, monkeypatch):
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
+    frames = frame_nodes(mrml_scene, shifted_case, 3)
+    logic = started(mrml_scene, nodes, tiny_model)
+    logic.addFrames(frames[:2])
+    before = full_state(logic)
+    pending = logic.prepareFrame(*frames[2])
+    with monkeypatch.context() as patch:
+        patch.setattr(adaptation, "adaptation_step", lambda *args: float("nan"))
+        pending.adapt()  # raises nothing: the error waits for the main thread
+    assert isinstance(pending.error, AdaptationError)
+    with pytest.raises(AdaptationError, match=r"^frame 3: the adaptation diverged: the loss of update 2 is nan"):
+        logic.finishInteraction(pending)
+    assert_same_state(full_state(logic), before)
+    assert logic.addFrame(*frames[2]).frames == 3
+
+
+# --- NaN and infinite values ------------------------------------------------------------------------------------
+
+def test_non_finite_landmarks_and_poses_are_refused_before_any_step(mrml_scene, shifted_case, tiny_model):
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
+    frames = frame_nodes(mrml_scene, shifted_case, 3)
+    logic = started(mrml_scene, nodes, tiny_model)
+    logic.addFrames(frames[:2])
+    nan_mr = conversions.markupsFromPoints(mrml_scene, conversions.pointsFromMarkups(nodes["MR points"], False),
+                                           "NaN MR points")
+    nan_mr.SetNthControlPointPosition(1, float("nan"), 0.0, 0.0)
+    tracked = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "broken tracking")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, float("inf"))
+    tracked.SetMatrixTransformToParent(matrix)
+    frames[2][0].SetAndObserveTransformNodeID(tracked.GetID())
+    before = full_state(logic)
+    with pytest.raises(InputError, match=r"^NaN MR points: point 'L2' has a NaN or infinite coordinate"):
+        logic.addLandmarks(nan_mr, nodes["TRUS points"])
+    with pytest.raises(InputError, match=r"^frame 3: its pose .* holds NaN or infinite values$"):
+        logic.addFrame(*frames[2])
+    assert_same_state(full_state(logic), before)
+    assert np.isfinite(logic._session.predict().displacement).all()
+    frames[2][0].SetAndObserveTransformNodeID(None)
+    assert logic.addLandmarks(nodes["MR points"], nodes["TRUS points"]).landmarkPairs == 3

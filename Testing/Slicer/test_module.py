@@ -180,20 +180,96 @@ def test_every_file_the_module_imports_or_loads_is_listed_in_cmakelists():
     assert missing == []
 
 
+SHIPPED_WITH_SLICER = {"slicer", "vtk", "qt", "ctk", "numpy", "packaging", "__main__"}
+"""Modules 3D Slicer itself provides (packaging: the dependency check reads versions with it)."""
+COMES_WITH = {"pydantic_core": "pydantic"}
+"""Modules installed as a part of a listed requirement."""
+
+
 def test_third_party_imports_are_provided_by_slicer_pytorch_or_requirements():
     _, external = reached_files()
     requirements = {re.split(r"[<>=!~ ]", line)[0].strip().lower()
                     for line in (MODULE / "Resources" / "requirements.txt").read_text().splitlines()
                     if line.strip() and not line.startswith("#")}
-    provided = {"slicer", "vtk", "qt", "ctk", "numpy", "torch", "PyTorchUtils", "__main__"}
-    unknown = {name for name in external - set(sys.stdlib_module_names) - provided if name.lower() not in requirements}
+    provided = SHIPPED_WITH_SLICER | {"PyTorchUtils"}
+    unknown = {name for name in external - set(sys.stdlib_module_names) - provided
+               if COMES_WITH.get(name, name).lower() not in requirements}
     assert unknown == set()
 
 
-def test_importing_the_logic_loads_neither_torch_nor_the_library():
-    """Slicer imports the module file at start-up, before the dependencies are installed."""
+SLICER_MODULES = ("MetaRegistrationSlicer", "MetaRegistrationSlicer.logic", "MetaRegistrationSlicer.evaluation",
+                  "MetaRegistrationSlicer.tables", "MetaRegistrationSlicer.dependencies")
+"""What MetaRegistration.py imports when Slicer starts, and the module's other headless modules."""
+NOT_AT_LOAD = ("torch", "monai", "safetensors", "pydantic", "matplotlib")
+"""Installed on first use (requirements.txt): none may be imported before, or the module would not load."""
+
+
+def test_importing_the_slicer_modules_loads_neither_torch_nor_monai():
+    """Slicer imports the module file at start-up, before the dependencies are installed: its modules may use
+    the library's torch-free modules at the top, never torch, MONAI or another package installed on first use."""
     pytest.importorskip("slicer", reason="slicer-core (3D Slicer's MRML as a wheel) is not installed")
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import MetaRegistrationSlicer.logic; "
-            "loaded = [m for m in ('torch', 'monai', 'MetaRegistrationLib') if m in sys.modules]; print(loaded)")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import importlib; "
+            f"[importlib.import_module(name) for name in {SLICER_MODULES!r}]; "
+            f"print([m for m in {NOT_AT_LOAD!r} if m in sys.modules]); "
+            "print(sorted(m for m in sys.modules if m.startswith('MetaRegistrationLib.')))")
     result = subprocess.run([sys.executable, "-c", code, str(MODULE)], capture_output=True, text=True, check=True)
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    loaded, library = result.stdout.strip().splitlines()[-2:]
+    assert loaded == "[]"
+    assert library == "['MetaRegistrationLib.errors', 'MetaRegistrationLib.files']"
+
+
+# --- the module file against SlicerElastix and SlicerTotalSegmentator -------------------------------------------
+
+def class_node(name: str) -> ast.ClassDef:
+    (node,) = [c for c in module_tree().body if isinstance(c, ast.ClassDef) and c.name == name]
+    return node
+
+
+def method_calls(classDef: ast.ClassDef, method: str) -> list[str]:
+    """The calls made in a method, in source order, as dotted names."""
+    (function,) = [f for f in classDef.body if isinstance(f, ast.FunctionDef) and f.name == method]
+    calls = [c for c in ast.walk(function) if isinstance(c, ast.Call)]
+    return [ast.unparse(c.func) for c in sorted(calls, key=lambda c: (c.lineno, c.col_offset))]
+
+
+def test_reload_reloads_the_project_packages_before_the_module_file():
+    calls = method_calls(class_node("MetaRegistrationWidget"), "onReload")
+    assert calls == ["MetaRegistrationSlicer.reloadPackages", "ScriptedLoadableModuleWidget.onReload"]
+
+
+def test_reload_packages_imports_every_loaded_project_module_again(tmp_path):
+    """In a subprocess: reloading in this one would leave the other tests with two InputError classes."""
+    pytest.importorskip("slicer", reason="slicer-core (3D Slicer's MRML as a wheel) is not installed")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import MetaRegistrationSlicer.logic as old; "
+            "import MetaRegistrationLib.errors as oldErrors; import MetaRegistrationSlicer; "
+            "names = MetaRegistrationSlicer.reloadPackages(); "
+            "new, errors = sys.modules['MetaRegistrationSlicer.logic'], sys.modules['MetaRegistrationLib.errors']; "
+            "print(sorted(names)); print(new is not old, errors is not oldErrors, new.InputError is errors.InputError, "
+            "new.tables is sys.modules['MetaRegistrationSlicer.tables'])")
+    result = subprocess.run([sys.executable, "-c", code, str(MODULE)], capture_output=True, text=True, check=True)
+    names, checks = result.stdout.strip().splitlines()[-2:]
+    assert "'MetaRegistrationSlicer.logic'" in names and "'MetaRegistrationLib.errors'" in names
+    assert checks == "True True True True"
+
+
+def test_start_button_is_one_logic_call():
+    calls = method_calls(class_node("MetaRegistrationWidget"), "onStartButton")
+    assert "self.logic.startSessionUsingParameterNode" in calls
+    assert not any(call.endswith((".startSession", ".trackSweep")) for call in calls)
+
+
+def test_requirements_txt_is_the_only_dependency_list():
+    text = MODULE_FILE.read_text()
+    assert "REQUIRED_IMPORTS" not in text and "find_spec" not in text
+    logic = class_node("MetaRegistrationLogic")
+    assert "dependencies.checkDependencies" in method_calls(logic, "missingDependencies")
+    assert "dependencies.installDependencies" in method_calls(logic, "installDependencies")
+
+
+def test_self_test_installs_nothing_and_builds_its_nodes_with_case_nodes():
+    test = class_node("MetaRegistrationTest")
+    calls = [call for function in test.body if isinstance(function, ast.FunctionDef)
+             for call in method_calls(test, function.name)]
+    assert not [call for call in calls if "install" in call.lower() or "pip" in call.lower()]
+    assert "conversions.caseNodes" in calls
+    assert "MetaRegistrationLogic.missingDependencies" in calls

@@ -136,3 +136,25 @@ def test_the_sagittal_view_looks_along_the_sweep(small_phantom):
     normal_ras = conversions.lpsToRas(frame.normal)
     assert abs(np.dot(axes["sagittal"][0], normal_ras)) == pytest.approx(1.0, abs=1e-9)
     assert abs(np.dot(axes["axial"][0], normal_ras)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_pair_residuals_come_from_metrics_measure(workflow, monkeypatch):
+    from MetaRegistrationLib import metrics
+
+    for _ in range(2):
+        workflow.acquireNextFrame()
+    target = workflow.nodes["TRUS points"].GetNthControlPointPositionWorld(0)
+    for label in ("P1", "P2"):
+        place(workflow.trusPairPoints, label, target)
+        place(workflow.mrPairPoints, label, target)
+    place(workflow.trusPairPoints, "P3", target)  # half a pair: no residual
+    calls = []
+    real = metrics.measure
+    monkeypatch.setattr(metrics, "measure", lambda *args, **kwargs: calls.append(kwargs) or real(*args, **kwargs))
+    pairs = workflow.pairs()
+    assert [pair["label"] for pair in pairs] == ["P1", "P2", "P3"] and pairs[2]["error_mm"] is None
+    (call,) = calls  # one call for every complete pair, without the regularity metrics
+    assert len(call["fixed_points"]) == 2 and call["regularity"] is False
+    expected = real(workflow.logic.lastTransform, workflow.case.fixed_image.grid, fixed_points=call["fixed_points"],
+                    moving_points=call["moving_points"]).landmark_errors_mm
+    assert [pair["error_mm"] for pair in pairs[:2]] == pytest.approx(list(expected), abs=1e-12)
