@@ -44,11 +44,12 @@ class MetaRegistrationWebApp:
         dataDir, caseId: the case to open (``caseId`` defaults to the folder's first case); the synthetic phantom
             when ``dataDir`` is None.
         modelPath: the model; the bundled meta-initialisation when None.
+        method: the sweep method (``MetaRegistrationLib.registration.METHODS``) that registers the case.
         server: a trame server (a new one when None).
     """
 
     def __init__(self, dataDir: str | None = None, caseId: str | None = None, modelPath: str | None = None,
-                 server=None):
+                 method: str = "meta", server=None):
         from trame.app import get_server
         from trame_slicer.core import LayoutManager, SlicerApp
         from trame_slicer.rca_view import register_rca_factories
@@ -60,6 +61,7 @@ class MetaRegistrationWebApp:
         self.layoutManager = LayoutManager(self.slicerApp.scene, self.slicerApp.view_manager, self.server)
         self.layoutManager.register_layout_dict({"MetaRegistration": _layout()})
         self.modelPath = modelPath
+        self.method = method
         self.workflow: workflow_module.SweepWorkflow | None = None
         self._playing = False
         self._pairWaiting = False
@@ -88,7 +90,7 @@ class MetaRegistrationWebApp:
         self._stopObserving()
         scene.Clear(False)  # views, slice nodes and the interaction node are singletons: they stay
         self.workflow = None
-        self.workflow = workflow_module.SweepWorkflow(scene, case, self.modelPath)
+        self.workflow = workflow_module.SweepWorkflow(scene, case, self.modelPath, method=self.method)
         for node in (self.workflow.mrPairPoints, self.workflow.trusPairPoints):
             node.SetControlPointLabelFormat("P%d")  # the n-th MR point pairs with the n-th TRUS point
             self._observations.append((node, node.AddObserver(node.PointPositionDefinedEvent, self._onPointPlaced)))
@@ -427,12 +429,12 @@ def _plotDataUrl(rows: list[dict]) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def main(dataDir: str | None, caseId: str | None, modelPath: str | None, port: int) -> int:
+def main(dataDir: str | None, caseId: str | None, modelPath: str | None, port: int, method: str = "meta") -> int:
     """Serve the app on 127.0.0.1:``port`` until interrupted (the ``metareg-app`` command)."""
     import os
 
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     sys.argv = sys.argv[:1]  # trame reads its own options from the command line; ours are parsed already
-    app = MetaRegistrationWebApp(dataDir, caseId, modelPath)
+    app = MetaRegistrationWebApp(dataDir, caseId, modelPath, method)
     app.server.start(port=port, host="127.0.0.1", open_browser=False, timeout=0)
     return 0

@@ -1,4 +1,4 @@
-"""``metareg-app [--data DIR --case ID] [--port N] [--model PATH]``: serve the web app on 127.0.0.1.
+"""``metareg-app [--data DIR --case ID] [--port N] [--model PATH] [--method NAME]``: serve the web app on 127.0.0.1.
 
 With no ``--data`` it opens the synthetic phantom case. trame-slicer is imported only when the command runs.
 """
@@ -17,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="data folder in the layout of mrus-prostate (default: the synthetic phantom)")
     parser.add_argument("--case", help="case ID in --data (default: its first case)")
     parser.add_argument("--model", help="model stem (NAME of NAME.safetensors + NAME.json; default: bundled)")
+    parser.add_argument("--method", default="meta", help="sweep method of the registry that registers the case "
+                        "(default: %(default)s; e.g. meta-noadapt)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default {DEFAULT_PORT})")
     return parser
 
@@ -28,12 +30,16 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--case needs --data (the folder the case is in)")
     if not 1 <= args.port <= 65535:
         raise InputError(f"--port must be between 1 and 65535, got {args.port}")
+    from MetaRegistrationLib.registration import get_method
+
+    if not get_method(args.method).sweep:
+        raise InputError(f"--method {args.method}: registers whole volumes; the app needs a sweep method")
     try:
         from . import app
     except ImportError as error:
         raise InputError(f"the web app needs trame-slicer ({error}); install it with: pip install "
                          "'slicer-meta-registration[app]'") from None
-    return app.main(args.data, args.case, args.model, args.port)
+    return app.main(args.data, args.case, args.model, args.port, args.method)
 
 
 def main(argv: list[str] | None = None) -> int:

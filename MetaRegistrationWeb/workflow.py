@@ -44,9 +44,11 @@ class SweepWorkflow:
             interactions.
         modelPath: the model (stem of ``.safetensors`` + ``.json``); the bundled meta-initialisation if omitted.
         frameCount: frames in the simulated sweep.
+        method: the sweep method of ``MetaRegistrationLib.registration.METHODS`` that registers it.
     """
 
-    def __init__(self, scene, case: Case, modelPath: str | Path | None = None, frameCount: int = SWEEP_FRAMES):
+    def __init__(self, scene, case: Case, modelPath: str | Path | None = None, frameCount: int = SWEEP_FRAMES,
+                 method: str = "meta"):
         self.scene = scene
         self.case = case
         self.logic = MetaRegistrationCoreLogic(scene)
@@ -74,7 +76,7 @@ class SweepWorkflow:
         planesDisplay.SetRepresentation(planesDisplay.WireframeRepresentation)
         planesDisplay.SetLineWidth(2)
         self.logic.startSession(self.nodes["MR"], self.nodes["MR segmentation"], self.nodes["TRUS"],
-                                modelPath=str(modelPath) if modelPath else None, resampleVolume=True)
+                                modelPath=str(modelPath) if modelPath else None, resampleVolume=True, method=method)
         self.logic.trackSweep(self.nodes["MR points"], self.nodes["TRUS points"], self.nodes["TRUS segmentation"])
 
     # --- the sweep ------------------------------------------------------------------------------------------------

@@ -158,3 +158,18 @@ def test_pair_residuals_come_from_metrics_measure(workflow, monkeypatch):
     expected = real(workflow.logic.lastTransform, workflow.case.fixed_image.grid, fixed_points=call["fixed_points"],
                     moving_points=call["moving_points"]).landmark_errors_mm
     assert [pair["error_mm"] for pair in pairs[:2]] == pytest.approx(list(expected), abs=1e-12)
+
+
+def test_the_workflow_runs_the_sweep_method_it_is_given(mrml_scene, small_phantom, tiny_model):
+    workflow = SweepWorkflow(mrml_scene, small_phantom, tiny_model, frameCount=FRAMES, method="meta-noadapt")
+    workflow.acquireNextFrame()
+    report = workflow.acquireNextFrame()
+    assert report.registered and report.updates == 0  # the registry's meta-noadapt runs no gradient step
+
+
+def test_the_app_command_refuses_a_method_that_is_not_a_sweep(capsys):
+    from MetaRegistrationWeb.command import main
+
+    assert main(["--method", "centroid"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "centroid" in error and "sweep method" in error
