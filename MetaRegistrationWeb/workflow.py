@@ -19,7 +19,7 @@ import numpy as np
 import vtk
 
 from MetaRegistrationLib.data import Case
-from MetaRegistrationLib.errors import InputError, MetaRegistrationError
+from MetaRegistrationLib.errors import InputError
 from MetaRegistrationLib.files import atomic_path
 from MetaRegistrationLib.geometry import apply_affine
 from MetaRegistrationLib import metrics
@@ -104,7 +104,7 @@ class SweepWorkflow:
         self._frameNodes.append((volume, label))
         try:
             return self.logic.prepareFrame(volume, label)
-        except MetaRegistrationError:
+        except Exception:  # whatever failed, the frame was not acquired: its nodes go
             self._removeFrameNodes(1)
             raise
 
@@ -116,9 +116,9 @@ class SweepWorkflow:
         """Write the outputs of an adapted interaction and refresh what the views show of the sweep."""
         try:
             report = self.logic.finishInteraction(pending)
-        except MetaRegistrationError:
+        except Exception:  # the Logic rolled the session back, whatever failed: the frame was not acquired
             if pending.frame is not None:
-                self._removeFrameNodes(1)  # the frame was not acquired
+                self._removeFrameNodes(1)
             raise
         if pending.frame is not None:
             self._acquired.append(pending.frame)

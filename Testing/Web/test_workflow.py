@@ -173,3 +173,15 @@ def test_the_app_command_refuses_a_method_that_is_not_a_sweep(capsys):
     assert main(["--method", "centroid"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "centroid" in error and "sweep method" in error
+
+
+def test_an_unexpected_failure_leaves_no_frame_nodes_behind(workflow, mrml_scene, monkeypatch):
+    workflow.acquireNextFrame()
+    volumes = mrml_scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    pending = workflow.prepareNextFrame()
+    pending.adapt()
+    monkeypatch.setattr(workflow.logic, "finishInteraction", lambda pending: (_ for _ in ()).throw(RuntimeError("x")))
+    with pytest.raises(RuntimeError):
+        workflow.finish(pending)
+    assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == volumes
+    assert workflow.framesAcquired == 1
