@@ -55,7 +55,7 @@ class MetaRegistration(ScriptedLoadableModule):
         self.parent.title = "MetaRegistration"
         self.parent.categories = ["Registration"]
         self.parent.dependencies = []
-        self.parent.contributors = ["SlicerMetaRegistration contributors"]
+        self.parent.contributors = ["The SlicerMetaRegistration project (https://github.com/SlicerMetaRegistration/SlicerMetaRegistration)"]
         self.parent.helpText = (
             "Registers a pre-operative prostate MR to tracked transrectal ultrasound (TRUS) frames during the "
             "sweep: each new frame (a single-slice volume with its gland segmentation) or clicked landmark pair "

@@ -3,7 +3,7 @@
 An :class:`AdaptationSession` starts from a (meta-learned) network and the MR
 with its gland label. Each interaction (new tracked frames, or clinician
 landmark pairs) runs a few gradient steps on what has been acquired so far and
-returns the updated registration. Meta-training (``Training.meta``) runs the
+returns the updated registration. Meta-training (``Training.reptile``) runs the
 same :func:`adaptation_step` on the same :class:`RegistrationProblem`, with full
 labels instead of the acquired frames.
 
