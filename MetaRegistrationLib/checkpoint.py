@@ -14,6 +14,12 @@ Both files are written atomically (a temporary file in the same folder, then
 name (nor a temporary file). Loading checks the checksum before reading a tensor and loads the weights
 strictly, so a tampered file or a network that does not fit is an error naming
 the file, never a silently wrong model.
+
+A stem may also be a *pointer*: ``<stem>.json`` holding ``{"format": "metaregistration-checkpoint-pointer",
+"checkpoint": NAME}`` names the pair ``NAME`` in the same folder, and :func:`read_card` and
+:func:`load_checkpoint` follow it. Replacing the pointer (one ``os.replace``, :func:`write_pointer`) moves a
+name such as a training run's ``latest`` from one complete pair to another, so a reader never sees a pair
+whose two renames were cut apart.
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ from .errors import CheckpointError
 
 FORMAT = "metaregistration-checkpoint"
 FORMAT_VERSION = 1
+POINTER_FORMAT = "metaregistration-checkpoint-pointer"
+POINTER_FORMAT_VERSION = 1
+CARD_FIELDS = ("format", "format_version", "library_version", "created", "weights", "config", "provenance")
+"""The card fields :func:`save_checkpoint` writes itself; a card's description may add others."""
 WEIGHTS_SUFFIX = ".safetensors"
 CARD_SUFFIX = ".json"
 _LISTED = 5  # names shown per kind of mismatch before "and N more"
@@ -66,8 +76,17 @@ def _write_temporary(path: Path, data: bytes) -> Path:
     return temporary
 
 
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and one ``os.replace``; nothing is left on failure."""
+    temporary = _write_temporary(path, data)
+    try:
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict,
-                    provenance: dict | None = None) -> tuple[Path, Path]:
+                    provenance: dict | None = None, description: dict | None = None) -> tuple[Path, Path]:
     """Save a model's weights and card.
 
     Args:
@@ -77,15 +96,22 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict,
             rebuilds the network from.
         provenance: JSON-serialisable facts about how the weights were made
             (data, split, commit, training config...), or ``None``.
+        description: further top-level card fields describing the model (a model card's name, license,
+            intended use, inputs and outputs...), or ``None``; none may be one of :data:`CARD_FIELDS`.
 
     Returns:
         The (weights, card) paths written.
 
     Raises:
-        CheckpointError: if the config or provenance is not JSON-serialisable or
-            a file cannot be written.
+        CheckpointError: if the config, provenance or description is not JSON-serialisable, the description
+            names a field of the format, or a file cannot be written.
     """
     weights_path, card_path = checkpoint_files(path)
+    description = description or {}
+    reserved = [key for key in description if key in CARD_FIELDS]
+    if reserved:
+        raise CheckpointError(f"{card_path}: the description may not set {', '.join(reserved)} (written by the "
+                              f"checkpoint format itself)")
     # clone() unties shared tensors, which safetensors refuses; loading copies into each anyway.
     tensors = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in model.state_dict().items()}
     weights = save_safetensors(tensors)
@@ -97,11 +123,13 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict,
         "weights": {"file": weights_path.name, "sha256": hashlib.sha256(weights).hexdigest(), "tensors": len(tensors)},
         "config": config,
         "provenance": provenance or {},
+        **description,
     }
     try:
         text = json.dumps(card, indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{card_path}: the config or provenance cannot be written as JSON ({error})") from None
+        raise CheckpointError(f"{card_path}: the config, provenance or description cannot be written as JSON "
+                              f"({error})") from None
     # Both files are complete on disk before either name changes, so the two renames are
     # all that can be interrupted; a pair cut between them fails its checksum on loading.
     written: list[tuple[Path, Path]] = []
@@ -120,21 +148,75 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict,
     return weights_path, card_path
 
 
+def write_pointer(path: str | Path, target: str | Path) -> Path:
+    """Make the stem ``path`` point at the checkpoint ``target`` (a pair in the same folder), atomically.
+
+    Returns:
+        The pointer file, ``<stem>.json``; it replaces whatever was there (a card or an older pointer).
+
+    Raises:
+        CheckpointError: if ``target`` is in another folder or the pointer cannot be written.
+    """
+    _, pointer_path = checkpoint_files(path)
+    target_card = checkpoint_files(target)[1]
+    if target_card.parent.resolve() != pointer_path.parent.resolve():
+        raise CheckpointError(f"{pointer_path}: can only point at a checkpoint in its own folder, not {target}")
+    name = target_card.name[: -len(CARD_SUFFIX)]
+    pointer = {"format": POINTER_FORMAT, "format_version": POINTER_FORMAT_VERSION, "checkpoint": name}
+    try:
+        _write_atomic(pointer_path, (json.dumps(pointer, indent=2) + "\n").encode("utf-8"))
+    except OSError as error:
+        raise CheckpointError(f"{pointer_path}: cannot be written ({error.strerror or error})") from None
+    return pointer_path
+
+
+def _read_json(card_path: Path) -> object:
+    """The parsed JSON of a card or pointer file; a missing or unparsable file is a one-line error naming it."""
+    if not card_path.is_file():
+        raise CheckpointError(f"{card_path}: file not found (a checkpoint is a pair <stem>{WEIGHTS_SUFFIX} "
+                              f"+ <stem>{CARD_SUFFIX})")
+    try:
+        return json.loads(card_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{card_path}: is not valid JSON ({error})") from None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The stem of the pair that ``path`` (either file or the stem) names: its own, or its pointer's target.
+
+    Raises:
+        CheckpointError: if the card is missing or not JSON, or it is a pointer of a newer format, to a name
+            that is not a checkpoint in the same folder, or to a checkpoint whose card is missing.
+    """
+    _, card_path = checkpoint_files(path)
+    stem = card_path.with_name(card_path.name[: -len(CARD_SUFFIX)])
+    pointer = _read_json(card_path)
+    if not isinstance(pointer, dict) or pointer.get("format") != POINTER_FORMAT:
+        return stem
+    version = pointer.get("format_version")
+    if not isinstance(version, int) or version > POINTER_FORMAT_VERSION:
+        raise CheckpointError(f"{card_path}: is a checkpoint pointer of format version {version!r}; this library "
+                              f"({__version__}) reads versions up to {POINTER_FORMAT_VERSION}")
+    name = pointer.get("checkpoint")
+    if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name:
+        raise CheckpointError(f"{card_path}: points at {name!r}, which is not the name of a checkpoint in its folder")
+    target = stem.with_name(name)
+    if not checkpoint_files(target)[1].is_file():
+        raise CheckpointError(f"{card_path}: points at checkpoint {name!r}, whose card {name}{CARD_SUFFIX} "
+                              f"is not there")
+    return target
+
+
 def read_card(path: str | Path) -> dict:
-    """The card of a checkpoint (either file or the stem), checked for the fields loading needs.
+    """The card of a checkpoint (either file or the stem, or a pointer to it), checked for the fields loading
+    needs.
 
     Raises:
         CheckpointError: if the card is missing, not JSON, not a checkpoint card or
             from a newer format.
     """
-    _, card_path = checkpoint_files(path)
-    if not card_path.is_file():
-        raise CheckpointError(f"{card_path}: file not found (a checkpoint is a pair <stem>{WEIGHTS_SUFFIX} "
-                              f"+ <stem>{CARD_SUFFIX})")
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{card_path}: is not valid JSON ({error})") from None
+    _, card_path = checkpoint_files(resolve_checkpoint(path))
+    card = _read_json(card_path)
     if not isinstance(card, dict) or card.get("format") != FORMAT:
         raise CheckpointError(f"{card_path}: is not a checkpoint card (no \"format\": \"{FORMAT}\")")
     version = card.get("format_version")
@@ -175,7 +257,7 @@ def load_checkpoint(path: str | Path,
     """Rebuild a network from its card and load its weights, verified and strictly.
 
     Args:
-        path: either file of the pair or their stem.
+        path: either file of the pair or their stem, or a pointer to the pair (see :func:`write_pointer`).
         build_model: builds the untrained network from the card's ``config``.
 
     Returns:
@@ -188,7 +270,7 @@ def load_checkpoint(path: str | Path,
             corrupt), a config the builder rejects, or weights that do not fit the
             architecture.
     """
-    weights_path, card_path = checkpoint_files(path)
+    weights_path, card_path = checkpoint_files(resolve_checkpoint(path))
     card = read_card(card_path)
     if not weights_path.is_file():
         raise CheckpointError(f"{weights_path}: file not found (its card {card_path.name} is there)")

@@ -33,16 +33,19 @@ Why MONAI's ``LocalNet``
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks.regunet_block import RegistrationExtractionBlock
 from monai.networks.nets import LocalNet
+from pydantic import Field, field_validator
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
 from torch import nn
+
+from .settings import STRICT, NonNegativeInt, PositiveInt, validated
 
 INPUT_CHANNELS = ("fixed_image", "fixed_gland", "acquired_mask", "moving_image", "moving_gland")
 """The network's input channels in order, as :func:`make_inputs` stacks them."""
@@ -53,45 +56,47 @@ displacement is of the order of 1e-3 mm (near identity) but not exactly zero, so
 every layer receives a gradient from the first step on."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class NetworkConfig:
     """The architecture of a :class:`RegistrationNet`; stored in every checkpoint.
 
-    ``dataclasses.asdict(config)`` is JSON-serialisable and
-    ``NetworkConfig.from_dict`` reads it back.
+    A pydantic dataclass in strict mode (see :mod:`.settings`): a wrong type, an unknown key or a value out of
+    range is refused when it is built. ``dataclasses.asdict(config)`` is JSON-serialisable and
+    :meth:`from_dict` reads it back (JSON lists as tuples).
 
     Attributes:
         in_channels: number of input channels (``len(INPUT_CHANNELS)`` for
-            :func:`make_inputs`).
+            :func:`make_inputs`) (>= 1).
         num_channel_initial: feature channels at the finest level; doubled at
-            each coarser level.
+            each coarser level (>= 1).
         extract_levels: decoder levels (0 = finest) whose displacement is
-            extracted and averaged; the deepest one sets the encoder depth.
+            extracted and averaged; the deepest one sets the encoder depth
+            (a non-empty tuple of distinct integers >= 0).
         input_downsample: factor by which the inputs are average-pooled before
-            the encoder; the displacement is upsampled back to the fixed grid.
+            the encoder; the displacement is upsampled back to the fixed grid (>= 1).
         first_kernel_size: convolution kernel size of the finest encoder level
-            (odd; the other levels use 3).
+            (odd, >= 1; the other levels use 3).
     """
 
-    in_channels: int = len(INPUT_CHANNELS)
-    num_channel_initial: int = 8
-    extract_levels: tuple[int, ...] = (0, 1, 2, 3)
-    input_downsample: int = 2
-    first_kernel_size: int = 5
+    in_channels: PositiveInt = len(INPUT_CHANNELS)
+    num_channel_initial: PositiveInt = 8
+    extract_levels: Annotated[tuple[NonNegativeInt, ...], Field(min_length=1)] = (0, 1, 2, 3)
+    input_downsample: PositiveInt = 2
+    first_kernel_size: PositiveInt = 5
 
-    def __post_init__(self):
-        for name in ("in_channels", "num_channel_initial", "input_downsample", "first_kernel_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"network config {name} must be a positive integer, got {value!r}")
-        levels = self.extract_levels
-        if (not isinstance(levels, tuple) or not levels
-                or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in levels)
-                or len(set(levels)) != len(levels)):
-            raise ValueError(f"network config extract_levels must be a non-empty tuple of distinct "
-                             f"non-negative integers, got {levels!r}")
-        if self.first_kernel_size % 2 == 0:
-            raise ValueError(f"network config first_kernel_size must be odd, got {self.first_kernel_size}")
+    @field_validator("extract_levels")
+    @classmethod
+    def _distinct(cls, levels: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(levels)) != len(levels):
+            raise PydanticCustomError("distinct_levels", "must not repeat a level")
+        return levels
+
+    @field_validator("first_kernel_size")
+    @classmethod
+    def _odd(cls, size: int) -> int:
+        if size % 2 == 0:
+            raise PydanticCustomError("odd_kernel", "must be odd")
+        return size
 
     @property
     def depth(self) -> int:
@@ -104,21 +109,21 @@ class NetworkConfig:
         return self.input_downsample * 2**self.depth
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> NetworkConfig:
-        """Build a config from a mapping such as ``dataclasses.asdict(config)`` read back from JSON.
+    def from_dict(cls, values: Mapping[str, Any], source: str = "network config", prefix: str = "") -> NetworkConfig:
+        """Build a config from a mapping such as ``dataclasses.asdict(config)`` read back from JSON or YAML,
+        whose lists stand for tuples.
+
+        Args:
+            values: the fields by name.
+            source, prefix: what the values came from and their parent key, for the message (see
+                :func:`.settings.validated`).
 
         Raises:
-            ValueError: naming any unknown key, or an invalid value.
+            InputError: (a ``ValueError``) one line naming ``source`` and each unknown key or invalid value.
         """
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"unknown network config key(s) {', '.join(map(repr, unknown))}; "
-                             f"known keys: {', '.join(known)}")
-        values = dict(values)
-        if isinstance(values.get("extract_levels"), list):  # JSON has no tuples
-            values["extract_levels"] = tuple(values["extract_levels"])
-        return cls(**values)
+        if isinstance(values, Mapping) and isinstance(values.get("extract_levels"), list):
+            values = {**values, "extract_levels": tuple(values["extract_levels"])}
+        return validated(cls, values, source, prefix)
 
 
 class _LocalNet(LocalNet):

@@ -1,1 +1,2 @@
-"""Headless training and evaluation front end (the ``metareg`` command), built on MetaRegistrationLib."""
+"""Headless training and evaluation front ends (the ``metareg`` and ``metareg-train`` commands), built on
+MetaRegistrationLib."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
 from MetaRegistrationLib import __version__, checkpoint
-from MetaRegistrationLib.checkpoint import checkpoint_files, load_checkpoint, save_checkpoint
+from MetaRegistrationLib.checkpoint import (checkpoint_files, load_checkpoint, read_card, resolve_checkpoint,
+                                            save_checkpoint, write_pointer)
 from MetaRegistrationLib.errors import CheckpointError
 
 
@@ -175,3 +177,78 @@ def test_an_interrupted_rename_leaves_no_temporary_file(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="model.json: cannot be written"):
         save_checkpoint(tmp_path / "model", build({"channels": 2}), {"channels": 2})
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+def test_a_description_adds_card_fields_but_not_the_formats_own(tmp_path):
+    description = {"name": "tiny", "license": "Apache-2.0", "inputs": {"channels": ["a", "b"]}}
+    _, card_path = save_checkpoint(tmp_path / "model", build({"channels": 2}), {"channels": 2}, None, description)
+    card = json.loads(card_path.read_text())
+    assert {key: card[key] for key in description} == description
+    assert load_checkpoint(card_path, build)[1] == card
+    with pytest.raises(CheckpointError, match="the description may not set weights, config") as error:
+        save_checkpoint(tmp_path / "other", build({"channels": 2}), {"channels": 2}, None,
+                        {"weights": {}, "config": {}})
+    assert_one_line_naming(error, tmp_path / "other.json")
+    assert not (tmp_path / "other.json").exists()
+
+
+# --- pointers --------------------------------------------------------------------------------------------------
+
+def test_a_pointer_names_a_pair_and_loading_follows_it(tmp_path):
+    torch.manual_seed(0)
+    first, second = build({"channels": 2}), build({"channels": 3})
+    save_checkpoint(tmp_path / "v1", first, {"channels": 2}, {"episodes": 1})
+    save_checkpoint(tmp_path / "v2", second, {"channels": 3}, {"episodes": 2})
+    assert write_pointer(tmp_path / "latest", tmp_path / "v1.json") == tmp_path / "latest.json"
+    assert json.loads((tmp_path / "latest.json").read_text()) == {
+        "format": checkpoint.POINTER_FORMAT, "format_version": checkpoint.POINTER_FORMAT_VERSION, "checkpoint": "v1"}
+    for given in ("latest", "latest.json", "latest.safetensors"):
+        assert resolve_checkpoint(tmp_path / given) == tmp_path / "v1"
+    assert read_card(tmp_path / "latest")["provenance"] == {"episodes": 1}
+    loaded, _ = load_checkpoint(tmp_path / "latest", build)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), loaded.state_dict().values()))
+
+    write_pointer(tmp_path / "latest", tmp_path / "v2")
+    assert read_card(tmp_path / "latest")["provenance"] == {"episodes": 2}
+    assert resolve_checkpoint(tmp_path / "v2") == tmp_path / "v2"  # a plain pair names itself
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "v1.json", "v1.safetensors", "v2.json",
+                                                          "v2.safetensors"]
+
+
+@pytest.mark.parametrize("pointer, message", [
+    ({"checkpoint": "../elsewhere"}, "points at '../elsewhere', which is not the name of a checkpoint in its folder"),
+    ({"checkpoint": ""}, "points at '', which is not the name of a checkpoint in its folder"),
+    ({"checkpoint": 3}, "points at 3, which is not the name of a checkpoint in its folder"),
+    ({"checkpoint": "gone"}, "points at checkpoint 'gone', whose card gone.json is not there"),
+    ({"checkpoint": "model", "format_version": 99}, "is a checkpoint pointer of format version 99"),
+], ids=["outside-its-folder", "empty", "not-a-name", "missing-target", "newer-format"])
+def test_a_bad_pointer_is_refused_naming_it(saved, tmp_path, pointer, message):
+    pointer_path = tmp_path / "latest.json"
+    pointer_path.write_text(json.dumps({"format": checkpoint.POINTER_FORMAT, "format_version": 1, **pointer}))
+    for load in (read_card, lambda path: load_checkpoint(path, build)):
+        with pytest.raises(CheckpointError, match=re.escape(message)) as error:
+            load(tmp_path / "latest")
+        assert_one_line_naming(error, pointer_path)
+
+
+def test_a_pointer_stays_in_its_folder(saved, tmp_path):
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(CheckpointError, match="can only point at a checkpoint in its own folder"):
+        write_pointer(tmp_path / "sub" / "latest", tmp_path / "model")
+    assert list((tmp_path / "sub").iterdir()) == []
+
+
+def test_a_failed_pointer_write_leaves_the_old_pointer(saved, tmp_path, monkeypatch):
+    save_checkpoint(tmp_path / "newer", build({"channels": 4}), {"channels": 4})
+    write_pointer(tmp_path / "latest", tmp_path / "model")
+    def no_space(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "replace", no_space)
+    with pytest.raises(CheckpointError, match="latest.json: cannot be written") as error:
+        write_pointer(tmp_path / "latest", tmp_path / "newer")
+    assert_one_line_naming(error, tmp_path / "latest.json")
+    monkeypatch.undo()
+    assert resolve_checkpoint(tmp_path / "latest") == tmp_path / "model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "model.json", "model.safetensors",
+                                                          "newer.json", "newer.safetensors"]

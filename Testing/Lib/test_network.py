@@ -29,21 +29,28 @@ def test_config_round_trips_through_json():
 
 def test_config_rejects_unknown_keys_by_name():
     values = dataclasses.asdict(NetworkConfig()) | {"num_channels": 8}
-    with pytest.raises(ValueError, match="unknown network config key.*'num_channels'"):
-        NetworkConfig.from_dict(values)
+    with pytest.raises(ValueError, match=r"^card.json: config.network.num_channels: unknown setting$"):
+        NetworkConfig.from_dict(values, "card.json", prefix="config.network")
 
 
-@pytest.mark.parametrize("values", [
-    {"extract_levels": ()},
-    {"extract_levels": (0, 0)},
-    {"extract_levels": (-1, 2)},
-    {"input_downsample": 0},
-    {"num_channel_initial": 2.5},
-    {"first_kernel_size": 4},
+@pytest.mark.parametrize("values, message", [
+    ({"extract_levels": []}, "extract_levels: tuple should have at least 1 item"),
+    ({"extract_levels": [0, 0]}, "extract_levels: must not repeat a level (got (0, 0))"),
+    ({"extract_levels": [-1, 2]}, "extract_levels.0: input should be greater than or equal to 0 (got -1)"),
+    ({"extract_levels": [0, True]}, "extract_levels.1: input should be a valid integer (got True)"),
+    ({"extract_levels": 3}, "extract_levels: input should be a valid tuple (got 3)"),
+    ({"input_downsample": 0}, "input_downsample: input should be greater than or equal to 1 (got 0)"),
+    ({"num_channel_initial": 2.5}, "num_channel_initial: input should be a valid integer (got 2.5)"),
+    ({"num_channel_initial": "8"}, "num_channel_initial: input should be a valid integer (got '8')"),
+    ({"in_channels": True}, "in_channels: input should be a valid integer (got True)"),
+    ({"first_kernel_size": 4}, "first_kernel_size: must be odd (got 4)"),
 ])
-def test_config_rejects_invalid_values(values):
-    with pytest.raises(ValueError, match="network config"):
-        NetworkConfig(**values)
+def test_config_rejects_invalid_values_in_one_line_naming_the_key(values, message):
+    with pytest.raises(ValueError) as raised:
+        NetworkConfig.from_dict(values)
+    assert str(raised.value).startswith(f"network config: {message}") and "\n" not in str(raised.value)
+    with pytest.raises(ValueError):  # built directly, too
+        NetworkConfig(**{key: tuple(v) if isinstance(v, list) else v for key, v in values.items()})
 
 
 def test_first_kernel_size_applies_to_the_finest_level_only():

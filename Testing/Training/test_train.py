@@ -1,8 +1,9 @@
-"""Training.train (``metareg-train``): config validation, the run folder, determinism and resume, kept tiny."""
+"""``metareg-train`` (Training.train and the modules it runs): config refusals, the run folder, determinism and
+resume, kept tiny. Crash safety, Ctrl-C and resume refusals: test_run_folder.py; config types: test_config.py."""
 
 from __future__ import annotations
 
-import csv
+import re
 import signal
 import subprocess
 import sys
@@ -12,79 +13,37 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from MetaRegistrationLib.checkpoint import read_card
 from MetaRegistrationLib.errors import CheckpointError, InputError
 from MetaRegistrationLib.models import load_model
 from MetaRegistrationLib.network import RegistrationNet
-from Training import train as train_module
-from Training.train import TrainConfig, beta_meta, load_config, main
+from Training import episodes
+from Training.config import MODES, TrainConfig, load_config
+from Training.reptile import beta_meta
+from Training.train import main
+from training_runs import keep_torch_threads, read_rows, run_training, tiny_config, weights, write_config  # noqa: F401
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 WAIT_SECONDS = 300.0
 """Bound on waiting for the training subprocess: generous, so only a hang fails it."""
 
 
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    # train() applies the config's ``threads`` to the whole process; give the other tests theirs back.
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_config(data: Path, **overrides) -> dict:
-    """A meta run of a few seconds on the synthetic data set."""
-    values = {
-        "mode": "meta", "data": str(data), "seed": 0, "episodes": 3, "inner_steps": 2,
-        "checkpoint_every": 1, "validate_every": 3, "validate_cases": 1,
-        # Validation sweeps f_max frames; the synthetic gland spans only 9 sagittal planes.
-        "f_min": 2, "f_max": 4,
-        # One thread: these tensors are tiny, and two OpenMP threads on a loaded machine spin-wait
-        # for each other (one episode took 11 s instead of 0.3 s).
-        "threads": 1,
-    }
-    return {**values, **overrides}
-
-
-def write_config(path: Path, values: dict) -> Path:
-    path.write_text(yaml.safe_dump(values, sort_keys=False))
-    return path
-
-
-def weights(stem: Path) -> dict[str, torch.Tensor]:
-    return load_model(stem)[0].state_dict()
-
-
-def read_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def run_training(tmp_path: Path, values: dict, name: str) -> Path:
-    """Train through the command line into ``tmp_path/name``; returns the run folder."""
-    config = write_config(tmp_path / f"{name}.yaml", values)
-    run = tmp_path / name
-    assert main([values["mode"], "--config", str(config), "--run", str(run)]) == 0
-    return run
-
-
 # --- config validation and refusals ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, message", [
-    ("mode: meta\nlearning_rate: 0.1\n", "unknown setting.*learning_rate"),
-    ("mode: reptile\n", "mode must be one of meta, conventional, got 'reptile'"),
-    ("f_min: 5\nf_max: 3\n", "need 1 <= f_min <= f_max, got 5 and 3"),
+    ("mode: meta\nlearning_rate: 0.1\n", "learning_rate: unknown setting"),
+    ("mode: reptile\n", "mode: input should be 'meta' or 'conventional' (got 'reptile')"),
+    ("f_min: 5\nf_max: 3\n", "f_max: must be at least f_min (5) (got 3)"),
     ("mode: [meta\n", "is not valid YAML"),
     ("- mode\n- meta\n", "must be a mapping"),
-    ("episodes: 0\n", "episodes, inner_steps and checkpoint_every must be >= 1"),
-    ("network: {num_channel_initial: 0}\n", "num_channel_initial must be a positive integer"),
+    ("episodes: 0\n", "episodes: input should be greater than or equal to 1 (got 0)"),
+    ("network: {num_channel_initial: 0}\n", "network.num_channel_initial: input should be greater than or equal to 1"),
 ], ids=["unknown-key", "bad-mode", "f_min-above-f_max", "bad-yaml", "not-a-mapping", "no-episodes", "bad-network"])
 def test_bad_configs_are_refused_naming_the_file(tmp_path, capsys, text, message):
     config = tmp_path / "bad.yaml"
     config.write_text(text)
-    with pytest.raises(InputError, match=message) as raised:
+    with pytest.raises(InputError, match=re.escape(message)) as raised:
         load_config(config)
     assert str(raised.value).startswith(f"{config}: ")
     run = tmp_path / "run"
@@ -124,8 +83,9 @@ def test_tiny_meta_run_writes_a_complete_run_folder(synthetic_dataset, tmp_path)
     values = tiny_config(synthetic_dataset)
     run = run_training(tmp_path, values, "run")
     names = {p.name for p in run.iterdir()}
-    assert names == {"config.yaml", "git_commit.txt", "log.csv", "val.csv", "latest.safetensors", "latest.json",
-                     "final.safetensors", "final.json"}
+    # A finished run keeps its weights once, and no checkpoints: latest points at final.
+    assert names == {"config.yaml", "git_commit.txt", "log.csv", "val.csv", "latest.json", "final.safetensors",
+                     "final.json"}
     # The saved config is the resolved one: it alone reproduces the run.
     assert load_config(run / "config.yaml") == TrainConfig.from_dict(values, "test")
     assert (run / "git_commit.txt").read_text().strip()
@@ -225,17 +185,17 @@ class Interrupted(Exception):
 def test_a_resumed_conventional_run_ends_as_an_uninterrupted_one(synthetic_dataset, tmp_path, monkeypatch):
     values = tiny_config(synthetic_dataset, mode="conventional", episodes=4, validate_every=0)
     uninterrupted = weights(run_training(tmp_path, values, "whole") / "final")
-    problem = train_module.EpisodeSampler.problem
+    problem = episodes.EpisodeSampler.problem
 
     def stop_at_episode_2(sampler, episode):
         if episode == 2:
             raise Interrupted
         return problem(sampler, episode)
 
-    monkeypatch.setattr(train_module.EpisodeSampler, "problem", stop_at_episode_2)
+    monkeypatch.setattr(episodes.EpisodeSampler, "problem", stop_at_episode_2)
     with pytest.raises(Interrupted):
         run_training(tmp_path, values, "cut")
-    monkeypatch.setattr(train_module.EpisodeSampler, "problem", problem)
+    monkeypatch.setattr(episodes.EpisodeSampler, "problem", problem)
     assert main(["conventional", "--run", str(tmp_path / "cut"), "--resume"]) == 0
     resumed = weights(tmp_path / "cut" / "final")
     assert all(torch.allclose(resumed[name], value, rtol=0, atol=1e-7) for name, value in uninterrupted.items())
@@ -254,5 +214,5 @@ def test_every_shipped_config_is_valid():
     configs = sorted((Path(__file__).resolve().parents[2] / "Training" / "configs").glob("*.yaml"))
     assert len(configs) >= 8
     for path in configs:
-        config = train_module.load_config(path)
-        assert config.mode in train_module.MODES
+        config = load_config(path)
+        assert config.mode in MODES
