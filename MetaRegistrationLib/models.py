@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NamedTuple, Union
 
 from .settings import AdaptationSettings, validated
-from .checkpoint import checkpoint_files, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_files, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .errors import CheckpointError, InputError
 from .network import NetworkConfig, RegistrationNet
 
@@ -52,7 +52,7 @@ def load_model(path: str | Path | None = None) -> Model:
         CheckpointError: naming the file, if it is missing, tampered with or does not fit, or if its adaptation
             settings have a wrong type, an unknown key or a value out of range.
     """
-    path = BUNDLED_MODEL if path is None else Path(path)
+    path = resolve_checkpoint(BUNDLED_MODEL if path is None else path)  # through a run's ``latest`` pointer
     network, card = load_checkpoint(path, _build)
     card_path = checkpoint_files(path)[1]
     try:
