@@ -34,6 +34,7 @@ import torch
 
 from .alignment import frames_gland_alignment, initial_alignment
 from .data import Volume
+from .devices import torch_device
 from .errors import InputError, MetaRegistrationError
 from .geometry import Grid, Transform, apply_affine, sample, warp
 from .losses import LossTerms, registration_loss_terms
@@ -239,7 +240,7 @@ class AdaptationSession:
             if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
                 raise InputError(f"the network's weight {name} holds NaN or infinite values")
         _check_settings(settings)
-        self.device = torch.device(device)
+        self.device = torch_device(device)
         self.settings = settings
         self.fixed_grid = fixed_grid
         self.moving_grid = moving_image.grid

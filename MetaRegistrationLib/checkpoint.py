@@ -188,6 +188,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         CheckpointError: if the card is missing or not JSON, or it is a pointer of a newer format, to a name
             that is not a checkpoint in the same folder, or to a checkpoint whose card is missing.
     """
+    if Path(path).is_dir():
+        raise CheckpointError(f"{path}: is a folder; give a checkpoint: the stem NAME of NAME{WEIGHTS_SUFFIX} + "
+                              f"NAME{CARD_SUFFIX} (or either file), e.g. {Path(path) / 'latest'}")
     _, card_path = checkpoint_files(path)
     stem = card_path.with_name(card_path.name[: -len(CARD_SUFFIX)])
     pointer = _read_json(card_path)

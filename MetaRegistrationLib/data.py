@@ -39,6 +39,7 @@ import struct
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,13 @@ class Volume:
         if self.array.ndim != 4 or tuple(self.array.shape[1:]) != expected:
             raise ValueError(f"{self.source}: array must be (C, {', '.join(map(str, expected))}), "
                              f"got {tuple(self.array.shape)}")
+
+
+class Geometry(NamedTuple):
+    """Where an image's voxels lie and where it came from, without its values (a :class:`Volume` also has both)."""
+
+    grid: Grid
+    source: str
 
 
 def _grid_of(image: sitk.Image) -> Grid:
@@ -519,7 +527,7 @@ class Dataset:
             fixed_image=read_volume(find_image(self.root / "fixed_images", case_id)),
             fixed_labels=read_labels(find_image(self.root / "fixed_labels", case_id)),
         )
-        check_training_domain(case, self.training_domain)
+        check_training_domain(case.moving_image, case.fixed_image, self.training_domain)
         return case
 
 
@@ -549,11 +557,13 @@ def _shown_range(low: np.ndarray, high: np.ndarray) -> str:
     return text if np.allclose(low, high) else f"{text} to {'x'.join(f'{v:g}' for v in high)}"
 
 
-def training_domain_warnings(case: Case, domain: Mapping | None = None) -> list[str]:
-    """One-line warnings for a case whose voxel spacing or field of view is far from the training data's.
+def training_domain_warnings(moving_image: Volume | Geometry, fixed_image: Volume | Geometry,
+                             domain: Mapping | None = None) -> list[str]:
+    """One-line warnings for an MR (moving) or TRUS (fixed) image whose voxel spacing or field of view is far from
+    the training data's.
 
     Args:
-        case: the case.
+        moving_image, fixed_image: the images, or only their :class:`Geometry` (grids and sources are used).
         domain: the training domain, as a model card records it (``inputs.training_domain``, written by
             ``metareg-train bundle``): ``fixed_voxel_spacing_mm``, ``fixed_field_of_view_mm``,
             ``moving_voxel_spacing_mm`` and ``moving_field_of_view_mm``, each ``{"min": [i, j, k], "max": [i, j,
@@ -562,32 +572,34 @@ def training_domain_warnings(case: Case, domain: Mapping | None = None) -> list[
             :data:`TRAINING_DOMAIN_TOLERANCE`.
 
     Returns:
-        one message per image (MR, TRUS) and quantity (spacing, field of view) with an axis more than
-        ``tolerance`` times below the training minimum or above the training maximum, naming the image's source.
+        at most one message per image, naming its source and each quantity (spacing, field of view) with an axis
+        more than ``tolerance`` times below the training minimum or above the training maximum.
     """
     domain = domain if isinstance(domain, Mapping) else {}
     tolerance = domain.get("tolerance", TRAINING_DOMAIN_TOLERANCE)
     if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or not tolerance > 1:
         tolerance = TRAINING_DOMAIN_TOLERANCE
     messages = []
-    for side, volume in (("moving", case.moving_image), ("fixed", case.fixed_image)):
+    for side, volume in (("moving", moving_image), ("fixed", fixed_image)):
         grid = volume.grid
         spacing = np.asarray(grid.spacing)
         checks = (("voxel spacing", spacing,
                    _bounds(domain.get(f"{side}_voxel_spacing_mm"), (TRAINING_SPACING_MM,) * 3)),
                   ("field of view", np.asarray(grid.size) * spacing,
                    _bounds(domain.get(f"{side}_field_of_view_mm"), TRAINING_FIELD_OF_VIEW_MM[side])))
-        for quantity, values, (low, high) in checks:
-            if np.any(values > high * tolerance) or np.any(values < low / tolerance):
-                messages.append(f"{volume.source}: {quantity} {'x'.join(f'{v:g}' for v in values)} mm (i, j, k) "
-                                f"is over {tolerance:g} times smaller or larger than the training data's "
-                                f"{_shown_range(low, high)} mm; the model may register it poorly")
+        far = [f"{quantity} {'x'.join(f'{v:g}' for v in values)} mm (i, j, k) against the training data's "
+               f"{_shown_range(low, high)} mm" for quantity, values, (low, high) in checks
+               if np.any(values > high * tolerance) or np.any(values < low / tolerance)]
+        if far:
+            messages.append(f"{volume.source}: {'; '.join(far)}: over {tolerance:g} times smaller or larger, so "
+                            "the model may register it poorly")
     return messages
 
 
-def check_training_domain(case: Case, domain: Mapping | None = None) -> list[str]:
+def check_training_domain(moving_image: Volume | Geometry, fixed_image: Volume | Geometry,
+                          domain: Mapping | None = None) -> list[str]:
     """Log each of :func:`training_domain_warnings` once (see :func:`notice_once`); returns them all."""
-    messages = training_domain_warnings(case, domain)
+    messages = training_domain_warnings(moving_image, fixed_image, domain)
     for message in messages:
         notice_once(message)
     return messages
@@ -599,8 +611,13 @@ def _json_kind(value) -> str:
 
 
 def default_data_dir() -> Path:
-    """``../shared/data/mrus-prostate`` beside the project checkout, or ``$METAREG_DATA``."""
+    """The data set to use when none is given: ``$METAREG_DATA``; else, in a source checkout,
+    ``../shared/data/mrus-prostate`` beside the checkout; else (an installed package) ``shared/data/mrus-prostate``
+    below the working folder's parent, i.e. ``../shared`` beside the folder the command runs in."""
     configured = os.environ.get("METAREG_DATA")
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "mrus-prostate"
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "MetaRegistrationLib").is_dir():
+        return checkout.parent / "shared" / "data" / "mrus-prostate"
+    return Path("..") / "shared" / "data" / "mrus-prostate"

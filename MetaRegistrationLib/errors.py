@@ -4,6 +4,11 @@ Every message names the file or object at fault and what is wrong with it, in on
 line, so that the CLI and the Slicer module can show it as it is.
 """
 
+import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NoReturn
+
 
 class MetaRegistrationError(Exception):
     """Base class of the errors a front end reports as a one-line message."""
@@ -15,3 +20,23 @@ class InputError(MetaRegistrationError, ValueError):
 
 class CheckpointError(MetaRegistrationError, ValueError):
     """A model checkpoint is missing, tampered with or does not fit the network."""
+
+
+@contextmanager
+def naming_the_case(case_id: str) -> Iterator[None]:
+    """Prefix ``case ID: `` to a :class:`MetaRegistrationError` raised inside (a sweep's message, for one, names
+    no file), unless it already names the case."""
+    try:
+        yield
+    except MetaRegistrationError as error:
+        if str(error).startswith(f"case {case_id}"):
+            raise
+        raise type(error)(f"case {case_id}: {error}") from None
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An ``argparse`` parser whose usage errors are one line, ``PROG: error: MESSAGE (see PROG --help)``, exit 2,
+    like every other user error of the commands (argparse's default prints the usage text first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

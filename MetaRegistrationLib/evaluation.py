@@ -9,14 +9,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .data import Case, Dataset
-from .errors import MetaRegistrationError
+from .errors import naming_the_case
 from .metrics import evaluate_transform, landmark_centroids, measure
 from .models import Model, ModelSource, resolve_model
 from .registration import SWEEP_FRAMES, get_method, run_method, run_sweep, sweep_frames, sweep_session
@@ -54,18 +53,6 @@ class SummaryRow:
     sd_tre_mm: float
     mean_dsc: float
     sd_dsc: float
-
-
-@contextmanager
-def naming_the_case(case_id: str) -> Iterator[None]:
-    """Prefix ``case ID: `` to a :class:`~.errors.MetaRegistrationError` raised inside (a sweep's message, for
-    one, names no file), unless it already names the case."""
-    try:
-        yield
-    except MetaRegistrationError as error:
-        if str(error).startswith(f"case {case_id}"):
-            raise
-        raise type(error)(f"case {case_id}: {error}") from None
 
 
 def evaluate_cases(dataset: Dataset, case_ids: Sequence[str], method: str, frame_counts: Sequence[int] = (),

@@ -221,8 +221,8 @@ def sweep_positions(fixed_gland: np.ndarray, count: int) -> list[int]:
     planes = high - low + 1
     if not 1 <= count <= planes:
         raise InputError(f"cannot place {count} distinct frame{'s' * (count != 1)} on a TRUS gland label "
-                         f"spanning {planes} sagittal plane{'s' * (planes != 1)} (j = {low}..{high}); choose 1 to "
-                         f"{planes} frame{'s' * (planes != 1)}")
+                         f"spanning {planes} sagittal plane{'s' * (planes != 1)} (j = {low}..{high}); at most {planes} "
+                         "fit")
     width = planes / count
     centres = high + 0.5 - (np.arange(count) + 0.5) * width
     # Centres are at least one plane apart, so the planes holding them are distinct.

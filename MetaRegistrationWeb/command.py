@@ -6,13 +6,16 @@ With no ``--data`` it opens the synthetic phantom case. trame-slicer is imported
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
+
+from MetaRegistrationLib.errors import InputError, MetaRegistrationError, OneLineArgumentParser
 
 DEFAULT_PORT = 8080
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="metareg-app", description="The interactive sweep in a web browser "
+    parser = OneLineArgumentParser(prog="metareg-app", description="The interactive sweep in a web browser "
                                      "(trame-slicer), on the Slicer module's Logic.")
     parser.add_argument("--data", help="data folder in the layout of mrus-prostate (default: the synthetic phantom)")
     parser.add_argument("--case", help="case ID in --data (default: its first case)")
@@ -23,17 +26,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    from MetaRegistrationLib.errors import InputError
+def check_port_free(port: int) -> None:
+    """Refuse a port another program listens on (one line, not the server's traceback)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            raise InputError(f"--port {port}: 127.0.0.1:{port} cannot be used ({error.strerror or error}); "
+                             "choose another port") from None
 
+
+def run(args: argparse.Namespace) -> int:
     if args.case and not args.data:
         raise InputError("--case needs --data (the folder the case is in)")
     if not 1 <= args.port <= 65535:
         raise InputError(f"--port must be between 1 and 65535, got {args.port}")
+    from MetaRegistrationLib.models import load_model
+    from MetaRegistrationLib.phantom import open_case
     from MetaRegistrationLib.registration import get_method
 
-    if not get_method(args.method).sweep:
+    method = get_method(args.method)
+    if not method.sweep:
         raise InputError(f"--method {args.method}: registers whole volumes; the app needs a sweep method")
+    check_port_free(args.port)
+    # What the page would otherwise report after the server started: refused here, in one line, with exit 2.
+    open_case(args.data, args.case)
+    if method.uses_model:
+        load_model(args.model)
     try:
         from . import app
     except ImportError as error:
@@ -44,8 +63,6 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from MetaRegistrationLib.errors import MetaRegistrationError
-
     try:
         return run(args)
     except MetaRegistrationError as error:

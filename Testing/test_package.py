@@ -76,7 +76,8 @@ def installed(wheel, tmp_path_factory) -> Path:
 
 def run_installed(bin_dir: Path, command: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    environment.pop("PYTHONPATH", None)
+    for name in ("PYTHONPATH", "METAREG_DATA"):
+        environment.pop(name, None)
     return subprocess.run([str(bin_dir / command[0]), *command[1:]], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=environment)
 
@@ -126,3 +127,14 @@ def test_installed_web_app_serves_its_page(installed, tmp_path):
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+def test_installed_default_data_is_shared_beside_the_working_folder(installed, tmp_path, synthetic_dataset):
+    """Without --data an installed command reads ../shared/data/mrus-prostate, as a checkout does beside it."""
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "shared" / "data" / "mrus-prostate").symlink_to(synthetic_dataset)
+    (tmp_path / "work").mkdir()
+    result = run_installed(installed, ["metareg", "evaluate", "--cases", "a", "--method", "centroid", "--out",
+                                       "evaluation"], tmp_path / "work")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "work" / "evaluation" / "cases.csv").is_file()

@@ -14,18 +14,32 @@ from MetaRegistrationLib.data import default_data_dir
 from MetaRegistrationLib.errors import InputError
 
 
+def counts(text: str, what: str = "frame") -> list[int]:
+    """Parse ``2,3,10`` (or a range ``2-10``, or both) into sorted distinct counts >= 1 of ``what``."""
+    found: set[int] = set()
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        try:
+            first, last = int(low), int(high if dash else low)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} counts like 2,3,10 or 2-10, got {text!r}") from None
+        if first < 1:
+            raise argparse.ArgumentTypeError(f"{what} counts must be >= 1, got {text!r}")
+        if last < first:
+            raise argparse.ArgumentTypeError(f"the range {part.strip()!r} of {text!r} runs backwards; write "
+                                             f"{last}-{first}")
+        found.update(range(first, last + 1))
+    return sorted(found)
+
+
 def frame_counts(text: str) -> list[int]:
-    """Parse ``--frames 2,3,10`` (or a range ``2-10``) into sorted distinct counts >= 1."""
-    counts: set[int] = set()
-    try:
-        for part in text.split(","):
-            low, _, high = part.strip().partition("-")
-            counts.update(range(int(low), int(high or low) + 1))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected frame counts like 2,3,10 or 2-10, got {text!r}") from None
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"frame counts must be >= 1, got {text!r}")
-    return sorted(counts)
+    """``--frames 2,3,10`` or ``2-10``: see :func:`counts`."""
+    return counts(text, "frame")
+
+
+def pair_counts(text: str) -> list[int]:
+    """``--pairs 1,2`` or ``1-3``: see :func:`counts`."""
+    return counts(text, "pair")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:

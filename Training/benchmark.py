@@ -40,7 +40,8 @@ from monai.networks.nets import LocalNet
 from MetaRegistrationLib.adaptation import AdaptationResult, AdaptationSession
 from MetaRegistrationLib.settings import AdaptationSettings
 from MetaRegistrationLib.data import Case
-from MetaRegistrationLib.errors import InputError
+from MetaRegistrationLib.devices import DEVICE_NAMES, torch_device
+from MetaRegistrationLib.errors import InputError, naming_the_case
 from MetaRegistrationLib.alignment import initial_alignment
 from MetaRegistrationLib.geometry import warp
 from MetaRegistrationLib.losses import DICE_SCALES_MM
@@ -145,7 +146,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference-repeats", type=int, default=3, metavar="N",
                         help="timed steps of the plain MONAI LocalNet reference, after one warm-up "
                              "(default: 3; 0 skips it)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
+    parser.add_argument("--device", default="cpu", help=f"where to run: {', '.join(DEVICE_NAMES)} or cuda:N "
+                        "(default: cpu)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -159,15 +161,17 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--sweeps must be at least 1, got {args.sweeps}")
     if args.reference_repeats < 0:
         raise InputError(f"--reference-repeats must be 0 or more, got {args.reference_repeats}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: torch sees no CUDA device on this machine")
     if args.case is not None and args.data is None:
         raise InputError("--case needs --data")
-    device = torch.device(args.device)
+    try:
+        device = torch_device(args.device)
+    except InputError as error:
+        raise InputError(f"--device: {error}") from None
     network, settings, _ = load_model(args.model)
     model_name = str(BUNDLED_MODEL if args.model is None else args.model)
     case = open_case(args.data, args.case)
-    results = time_sweeps(case, network, settings, args.sweeps, SWEEP_FRAMES, device)
+    with naming_the_case(case.case_id):
+        results = time_sweeps(case, network, settings, args.sweeps, SWEEP_FRAMES, device)
     updates = [r.preparation_seconds + sum(r.update_seconds) for r in results]
     steps = [seconds for r in results for seconds in r.update_seconds]
     reference_s = time_reference_step(case, args.reference_repeats, device) if args.reference_repeats else None

@@ -15,6 +15,7 @@ import importlib
 import sys
 
 from MetaRegistrationLib import __version__
+from MetaRegistrationLib.errors import MetaRegistrationError, OneLineArgumentParser
 
 SUBCOMMANDS = {
     "demo": "register one case (the built-in phantom by default) and draw a figure",
@@ -28,7 +29,7 @@ SUBCOMMANDS = {
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The parser; only the subcommand named in ``argv`` (if any) gets its module's arguments."""
-    parser = argparse.ArgumentParser(prog="metareg", description="Interactive meta-learned MR-to-TRUS registration.")
+    parser = OneLineArgumentParser(prog="metareg", description="Interactive meta-learned MR-to-TRUS registration.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = next((word for word in argv if not word.startswith("-")), None)
@@ -44,8 +45,6 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
-    from MetaRegistrationLib.errors import MetaRegistrationError
-
     try:
         return args.run(args)
     except MetaRegistrationError as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ def read_rows(folder: Path, frames: int | None) -> dict[str, dict[str, str | flo
 
     Raises:
         InputError: naming the file (and the row, case and column where one is at fault) for a missing or
-            unreadable file, missing columns, a value that is not a number, a case listed twice, or no row at
+            unreadable file, missing columns, a value that is not a finite number, a case listed twice, or no row at
             ``frames``.
     """
     path = folder / "cases.csv"
@@ -53,10 +54,14 @@ def read_rows(folder: Path, frames: int | None) -> dict[str, dict[str, str | flo
             continue
         for column in ("tre_mm", "dsc"):
             try:
-                row[column] = float(row[column])
+                value = float(row[column])
             except ValueError:
                 raise InputError(f"{path}: line {line} (case {case}): column {column} is not a number "
                                  f"({row[column]!r})") from None
+            if not math.isfinite(value):  # e.g. a case without landmarks has no TRE: it cannot be paired
+                raise InputError(f"{path}: line {line} (case {case}): column {column} is {row[column]}, a paired "
+                                 "test needs a finite value for every case; leave the case out (--cases)")
+            row[column] = value
         if case in selected:
             raise InputError(f"{path}: line {line}: case {case} appears twice at frames = {wanted or '(empty)'}")
         selected[case] = row

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from MetaRegistrationLib.errors import InputError
+from MetaRegistrationLib.errors import InputError, naming_the_case
 from MetaRegistrationLib.files import check_output_folder, staged_outputs
 from MetaRegistrationLib.geometry import Transform
 from MetaRegistrationLib.metrics import CaseMetrics, evaluate_transform
@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
                          "is registered")
     check_output_folder(args.out, args.overwrite, protected=(args.data,))
     case, truth = open_case_with_truth(args.data, args.case)
-    *_, final = run_method(args.method, case)  # a sweep method's last result has seen every frame
+    with naming_the_case(case.case_id):
+        *_, final = run_method(args.method, case)  # a sweep method's last result has seen every frame
     results = {"before (identity)": Transform(np.eye(4)), f"after ({args.method})": final.transform}
     if truth is not None:
         results["known true transform"] = truth

@@ -50,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
     if overrides and not method.uses_model:
         raise InputError(f"--adapt: method {args.method!r} uses no model, so it has no adaptation settings to "
                          "override")
+    if args.model is not None and not method.uses_model:
+        raise InputError(f"--model: method {args.method!r} uses no model")
+    if args.frames and not method.sweep:
+        raise InputError(f"--frames: method {args.method!r} registers the whole TRUS volume; frame counts apply to "
+                         "sweep methods")
     check_output_folder(args.out, args.overwrite, protected=(args.data,))
     model = None
     if args.model is not None or overrides:
@@ -58,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
             model = model._replace(settings=replaced(model.settings, "--adapt", **overrides))
     dataset = Dataset(args.data, training_domain=None if model is None else training_domain(model.card))
     case_ids = dataset.select(args.split, args.cases)
-    with tqdm(total=len(case_ids), desc=f"evaluate {args.method}", unit="case", file=sys.stderr) as bar:
+    with tqdm(total=len(case_ids), desc=f"evaluate {args.method}", unit="case", file=sys.stderr,
+              leave=False) as bar:
         def advance(case_id: str) -> None:
             bar.set_postfix_str(case_id)
             bar.update()

@@ -9,6 +9,7 @@ held-out TRE before and after the pairs with a paired Wilcoxon test.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +23,12 @@ from MetaRegistrationLib.files import check_output_folder, write_text_atomic
 from MetaRegistrationLib.models import load_model, training_domain
 from MetaRegistrationLib.registration import SWEEP_FRAMES
 
-from .arguments import add_data_arguments, add_output_arguments, frame_counts
+from .arguments import add_data_arguments, add_output_arguments, pair_counts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
-    parser.add_argument("--pairs", type=frame_counts, default=[1], help="pair counts, e.g. 1,2 (default: 1)")
+    parser.add_argument("--pairs", type=pair_counts, default=[1], help="pair counts, e.g. 1,2 (default: 1)")
     parser.add_argument("--frames", type=int, default=SWEEP_FRAMES, help="frames of the sweep (default: %(default)s)")
     parser.add_argument("--model", type=Path, help="model checkpoint (default: bundled)")
     add_output_arguments(parser, "output folder (pairs.csv)")
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)  # a bad model fails before any case is read, and is read once
     dataset = Dataset(args.data, training_domain=training_domain(model.card))
     case_ids = dataset.select(args.split, args.cases)
-    with tqdm(total=len(case_ids), desc="landmark pairs", unit="case") as bar:
+    with tqdm(total=len(case_ids), desc="landmark pairs", unit="case", file=sys.stderr, leave=False) as bar:
         rows = evaluate_landmark_pairs(dataset, case_ids, args.pairs, model, args.frames,
                                        progress=lambda case_id: (bar.set_postfix(case=case_id), bar.update()))
     write_text_atomic(args.out / "pairs.csv", to_csv(rows, PAIR_COLUMNS))

@@ -262,7 +262,8 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
             MetaRegistrationLib.errors.MetaRegistrationError: with a one-line message naming the node at fault
                 (or the scene, the method, the model); the running session, if any, is then unchanged.
         """
-        from MetaRegistrationLib.data import Volume
+        from MetaRegistrationLib.data import Geometry, Volume, check_training_domain
+        from MetaRegistrationLib.models import resolve_model, training_domain
         from MetaRegistrationLib.registration import get_method
 
         from . import conversions
@@ -285,13 +286,13 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
         if min(fixedGrid.size) < 2:
             raise InputError(f"{conversions.nodeName(fixedVolume)}: is a single slice; the TRUS geometry must be 3D")
         segments = self._segmentsOf(movingSegmentation, movingSegmentId, movingGland, movingImage.grid)
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = resolve_model(modelPath) if registered.uses_model else None
+        domainWarnings = check_training_domain(
+            movingImage, Geometry(fixedGrid, conversions.nodeName(fixedVolume)),
+            training_domain(model.card) if model is not None else None)
         session = registered.start_session(movingImage,
                                            Volume(movingGland[None], movingImage.grid, movingImage.source),
-                                           fixedGrid, model=modelPath, device=device)
+                                           fixedGrid, model=model, device=device)
         # Everything is checked: only now does the new session replace the old one.
         self._session = session
         self._inputs = _SessionInputs(conversions.nodeName(movingVolume), movingImage, movingGland, segments,
@@ -311,8 +312,9 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
         self._sweepTracking = None  # its TRUS gland was read on the previous session's grid
         self._resetSweepTable()
         report = InteractionReport(status=f"Session started: {self._inputs.movingVolumeName} to "
-                                          f"{self._inputs.fixedVolumeName} with {registered.name} on {device}; add "
-                                          "tracked frames (the first update needs 2)")
+                                          f"{self._inputs.fixedVolumeName} with {registered.name} on "
+                                          f"{session.device}; add tracked frames (the first update needs 2)"
+                                          + "".join(f"; warning: {warning}" for warning in domainWarnings))
         self.statusText = report.status
         return report
 

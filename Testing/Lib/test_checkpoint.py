@@ -252,3 +252,9 @@ def test_a_failed_pointer_write_leaves_the_old_pointer(saved, tmp_path, monkeypa
     assert resolve_checkpoint(tmp_path / "latest") == tmp_path / "model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "model.json", "model.safetensors",
                                                           "newer.json", "newer.safetensors"]
+
+
+def test_a_folder_given_as_a_checkpoint_is_named_as_a_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="is a folder; give a checkpoint: the stem NAME") as error:
+        load_checkpoint(tmp_path, build)
+    assert str(error.value).startswith(f"{tmp_path}: ") and "\n" not in str(error.value)

@@ -266,18 +266,19 @@ def test_far_from_training_spacing_is_warned_once(synthetic_dataset, caplog):
     coarse = Grid.from_arrays(case.fixed_image.grid.size, (6.0, 6.0, 6.0), (0, 0, 0))
     far = Case("a", case.moving_image, case.moving_labels, Volume(case.fixed_image.array, coarse, "coarse TRUS"),
                Volume(case.fixed_labels.array, coarse, "coarse TRUS labels"))
-    messages = training_domain_warnings(far)
-    assert any(m.startswith("coarse TRUS: voxel spacing 6x6x6 mm") and "1.5x1.5x1.5" in m for m in messages)
-    assert all("\n" not in m for m in messages)
+    messages = [m for m in training_domain_warnings(far.moving_image, far.fixed_image) if m.startswith("coarse")]
+    assert len(messages) == 1  # one line per image, spacing and field of view together
+    assert messages[0].startswith("coarse TRUS: voxel spacing 6x6x6 mm") and "1.5x1.5x1.5" in messages[0]
+    assert "\n" not in messages[0]
     # A model card's record replaces the library's constants.
     record = {"fixed_voxel_spacing_mm": {"min": [5.0, 5.0, 5.0], "max": [6.0, 6.0, 6.5]},
               "fixed_field_of_view_mm": {"min": [90.0, 100.0, 80.0], "max": [96.0, 108.0, 84.0]}}
-    assert not [m for m in training_domain_warnings(far, record) if m.startswith("coarse TRUS")]
+    assert not [m for m in training_domain_warnings(far.moving_image, far.fixed_image, record) if m.startswith("coarse TRUS")]
     record["fixed_voxel_spacing_mm"] = {"min": [1.0, 1.0, 1.0], "max": [1.5, 1.5, 1.9]}
-    assert any("training data's 1x1x1 to 1.5x1.5x1.9 mm" in m for m in training_domain_warnings(far, record))
+    assert any("training data's 1x1x1 to 1.5x1.5x1.9 mm" in m for m in training_domain_warnings(far.moving_image, far.fixed_image, record))
     with caplog.at_level(logging.WARNING, logger="MetaRegistrationLib"):
-        check_training_domain(far)
-        check_training_domain(far)
+        check_training_domain(far.moving_image, far.fixed_image)
+        check_training_domain(far.moving_image, far.fixed_image)
     logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("coarse TRUS: voxel spacing")]
     assert len(logged) == 1
 
@@ -285,5 +286,5 @@ def test_far_from_training_spacing_is_warned_once(synthetic_dataset, caplog):
 @pytest.mark.real_data
 def test_real_cases_are_inside_the_training_domain(real_data_dir):
     case = Dataset(real_data_dir).load("obs000")
-    assert training_domain_warnings(case) == []
+    assert training_domain_warnings(case.moving_image, case.fixed_image) == []
     assert case.fixed_labels.array.max() == 1.0

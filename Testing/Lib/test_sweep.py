@@ -74,7 +74,7 @@ def test_a_gland_on_one_plane_is_refused_in_one_line():
     with pytest.raises(InputError) as caught:
         sweep_positions(gland, 2)
     assert str(caught.value) == ("cannot place 2 distinct frames on a TRUS gland label spanning 1 sagittal plane "
-                                 "(j = 5..5); choose 1 to 1 frame")
+                                 "(j = 5..5); at most 1 fit")
     with pytest.raises(InputError, match="spans only 1 sagittal plane \\(j = 5..5\\), fewer than the 2 frames"):
         random_frame_positions(gland, np.random.default_rng(0))
 

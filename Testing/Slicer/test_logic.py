@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import re
 import types
 
 import numpy as np
@@ -283,6 +284,28 @@ def test_the_session_comes_from_the_method_registry(mrml_scene, shifted_case, ti
     with pytest.raises(InputError, match="^unknown method 'elastix'; choose one of"):
         logic.startSession(nodes["MR"], nodes["MR segmentation"], nodes["TRUS"], method="elastix")
     assert logic._session is session
+
+
+def test_a_device_torch_cannot_use_is_one_line_and_keeps_the_session(mrml_scene, shifted_case, tiny_model):
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
+    logic = MetaRegistrationCoreLogic(mrml_scene)
+    logic.startSession(nodes["MR"], nodes["MR segmentation"], nodes["TRUS"], modelPath=str(tiny_model))
+    session = logic._session
+    for device, problem in (("tpu", "not a device"), ("xpu", "not supported"), ("gpu!", "not a device"),
+                            *([("cuda", "torch sees no CUDA device")] if not torch.cuda.is_available() else [])):
+        with pytest.raises(InputError, match=f"^device '{re.escape(device)}': {problem}"):
+            logic.startSession(nodes["MR"], nodes["MR segmentation"], nodes["TRUS"], modelPath=str(tiny_model),
+                               device=device)
+    assert logic._session is session
+
+
+def test_images_far_from_the_training_domain_are_warned_about_in_the_status(mrml_scene, shifted_case, tiny_model):
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
+    nodes["TRUS"].SetSpacing(100.0, 100.0, 100.0)  # a units mix-up: metres read as centimetres, say
+    logic = MetaRegistrationCoreLogic(mrml_scene)
+    report = logic.startSession(nodes["MR"], nodes["MR segmentation"], nodes["TRUS"], modelPath=str(tiny_model))
+    assert "; warning: TRUS: voxel spacing 100x100x100 mm" in report.status
+    assert "\n" not in report.status
 
 
 # --- the Start button's entry point -----------------------------------------------------------------------------

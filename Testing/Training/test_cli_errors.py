@@ -146,6 +146,12 @@ def test_a_gland_on_one_plane_names_the_case(synthetic_dataset, tiny_model, tmp_
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and last.startswith("metareg evaluate: error: case a: cannot place 2 distinct frames")
     assert not (tmp_path / "out").exists()
+    for command in (["demo", "--data", str(synthetic_dataset), "--case", "a", "--out", str(tmp_path / "demo")],
+                    ["benchmark", "--data", str(synthetic_dataset), "--case", "a", "--model", str(tiny_model),
+                     "--sweeps", "1", "--reference-repeats", "0"]):
+        code = main(command)
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and last.startswith(f"metareg {command[0]}: error: case a: cannot place 10 distinct frames")
 
 
 # --- metareg compare ------------------------------------------------------------------------------------------------
@@ -169,10 +175,12 @@ def _good(folder: Path) -> Path:
          "not a cases.csv of metareg evaluate: missing column(s) method, frames, tre_mm, dsc"),
         (",".join(CASE_COLUMNS) + "\na,identity,,,1.0,0.9,0,0\nb,identity,,,n/a,0.8,0,0\n",
          "line 3 (case b): column tre_mm is not a number ('n/a')"),
+        (",".join(CASE_COLUMNS) + "\na,identity,,,1.0,0.9,0,0\nb,identity,,,nan,0.8,0,0\n",
+         "line 3 (case b): column tre_mm is nan, a paired test needs a finite value"),
         (",".join(CASE_COLUMNS) + "\na,identity,,,1.0,0.9,0,0\nb,identity,,\n", "line 3 (case b): has fewer fields"),
         (b"\x89PNG\r\n\x1a\n\xff\xfe", "is not a text (UTF-8 CSV) file"),
     ],
-    ids=["foreign-columns", "non-numeric-tre", "short-row", "binary"],
+    ids=["foreign-columns", "non-numeric-tre", "nan-tre", "short-row", "binary"],
 )
 def test_compare_names_the_file_row_and_column(tmp_path, capsys, content, message):
     bad = _cases_csv(tmp_path / "bad", content)
@@ -208,3 +216,32 @@ def test_the_training_domain_is_read_from_a_model_card():
     record = {"fixed_voxel_spacing_mm": {"min": [1.5] * 3, "max": [1.5] * 3}}
     assert card_training_domain({"inputs": {"training_domain": record}}) is record
     assert card_training_domain({"config": {}}) is None
+
+
+# --- argument errors ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "--method", "meta", "--frames", "10-2", "--out", "x"], "the range '10-2' of '10-2' runs backwards"),
+    (["evaluate", "--method", "meta", "--frames", "2-", "--out", "x"], "expected frame counts like 2,3,10"),
+    (["pairs", "--pairs", "0", "--out", "x"], "argument --pairs: pair counts must be >= 1, got '0'"),
+    (["evaluate", "--method", "nonsense", "--out", "x"], "argument --method: invalid choice: 'nonsense'"),
+    (["nonsense"], "argument COMMAND: invalid choice: 'nonsense'"),
+])
+def test_argument_errors_are_one_line_without_the_usage_text(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2
+    line = one_error_line(capsys)
+    assert line.startswith("metareg") and message in line and line.endswith("--help)")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "centroid", "--model", "some-model"], "--model: method 'centroid' uses no model"),
+    (["--method", "random-init", "--model", "some-model"], "--model: method 'random-init' uses no model"),
+    (["--method", "centroid", "--frames", "2-10"], "--frames: method 'centroid' registers the whole TRUS volume; "
+                                                   "frame counts apply to sweep methods"),
+])
+def test_options_a_method_would_ignore_are_refused(argv, message, synthetic_dataset, tmp_path, capsys):
+    assert main(["evaluate", "--data", str(synthetic_dataset), *argv, "--out", str(tmp_path / "out")]) == 2
+    assert one_error_line(capsys) == f"metareg evaluate: error: {message}"
+    assert not (tmp_path / "out").exists()

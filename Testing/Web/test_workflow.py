@@ -185,3 +185,21 @@ def test_an_unexpected_failure_leaves_no_frame_nodes_behind(workflow, mrml_scene
         workflow.finish(pending)
     assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == volumes
     assert workflow.framesAcquired == 1
+
+
+def test_the_app_command_refuses_what_the_page_would_report_before_serving(tmp_path, capsys):
+    import socket
+
+    from MetaRegistrationWeb.command import main
+
+    assert main(["--data", str(tmp_path / "missing")]) == 2
+    assert "data folder not found" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path / "none")]) == 2
+    assert "none.json: file not found" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["--port", str(port)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"--port {port}: 127.0.0.1:{port} cannot be used" in error
