@@ -35,6 +35,7 @@ import torch
 from .alignment import frames_gland_alignment, initial_alignment
 from .data import Volume
 from .devices import torch_device
+from .precision import resolve_precision
 from .errors import InputError, MetaRegistrationError
 from .geometry import Grid, Transform, apply_affine, sample, warp
 from .losses import LossTerms, registration_loss_terms
@@ -222,15 +223,17 @@ class AdaptationSession:
             an alignment name of :func:`alignment.initial_alignment` that needs no TRUS
             label, or a 4x4 fixed-world -> moving-world matrix.
         settings: adaptation settings.
+        device: where the network runs (:func:`devices.torch_device`).
+        precision: ``auto``, ``fp32`` or ``bf16`` (:mod:`precision`): the network's arithmetic.
 
     Raises:
         InputError: for an empty MR gland, or NaN or infinite values in the MR, its labels, the TRUS grid, the
-            network's weights or the settings.
+            network's weights or the settings; a device or precision this machine lacks.
     """
 
     def __init__(self, model: RegistrationNet, moving_image: Volume, moving_labels: Volume, fixed_grid: Grid,
                  initial: str | np.ndarray = "frames", settings: AdaptationSettings = AdaptationSettings(),
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", precision: str = "auto"):
         _check_finite(moving_image.array, moving_image.source)
         _check_finite(moving_labels.array, moving_labels.source)
         _check_finite(fixed_grid.index_to_world, f"the TRUS grid ({fixed_grid.describe()})")
@@ -241,10 +244,12 @@ class AdaptationSession:
                 raise InputError(f"the network's weight {name} holds NaN or infinite values")
         _check_settings(settings)
         self.device = torch_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.settings = settings
         self.fixed_grid = fixed_grid
         self.moving_grid = moving_image.grid
         self._initial_model = copy.deepcopy(model).to(self.device).train()
+        self._initial_model.precision = self.precision
         self._moving_gland = moving_labels.array[0]
         self._moving_image = torch.as_tensor(moving_image.array[None], device=self.device)
         self._moving_labels = torch.as_tensor(moving_labels.array[None, :1], device=self.device)

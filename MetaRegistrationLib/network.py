@@ -167,12 +167,18 @@ class RegistrationNet(nn.Module):
         inputs: (B, ``config.in_channels``, k, j, i) on the fixed grid (any size;
             padded internally to a multiple of ``config.size_multiple``).
         output: (B, 3, k, j, i) displacement in mm, channels = world axes
-            (x, y, z) as :mod:`MetaRegistrationLib.geometry` defines.
+            (x, y, z) as :mod:`MetaRegistrationLib.geometry` defines; fp32 whatever the precision.
+
+    Attributes:
+        precision: ``"fp32"``, or ``"bf16"`` to run the LocalNet under bf16 autocast (weights and output stay fp32;
+            see :mod:`MetaRegistrationLib.precision`). A run-time choice, like ``train()``/``eval()``: it is not
+            saved with the weights, and a deep copy keeps it.
     """
 
     def __init__(self, config: NetworkConfig | None = None):
         super().__init__()
         self.config = config or NetworkConfig()
+        self.precision = "fp32"
         self.local_net = _LocalNet(
             first_kernel_size=self.config.first_kernel_size,
             spatial_dims=3,
@@ -208,7 +214,9 @@ class RegistrationNet(nn.Module):
         factor = self.config.input_downsample
         if factor > 1:
             x = F.avg_pool3d(x, factor)
-        displacement = self.local_net(x)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            displacement = self.local_net(x)
+        displacement = displacement.float()
         if factor > 1:
             # Millimetres do not scale with the grid, so the values are only resampled.
             displacement = F.interpolate(displacement, scale_factor=factor, mode="trilinear", align_corners=False)

@@ -55,10 +55,12 @@ class MethodResult:
     updates: int | None = None
 
 
-CaseRegistration = Callable[[Case, Sequence[int], ModelSource], Iterator[MethodResult]]
-"""``(case, frame_counts, model) -> results``; methods without a model ignore ``model``."""
-SessionFactory = Callable[[ModelSource, Volume, Volume, Grid, "str | torch.device"], AdaptationSession]
-"""``(model, moving_image, moving_labels, fixed_grid, device) -> session`` of a sweep method."""
+CaseRegistration = Callable[..., Iterator[MethodResult]]
+"""``(case, frame_counts, model, precision="auto") -> results``; methods without a model ignore ``model`` and
+``precision``."""
+SessionFactory = Callable[..., AdaptationSession]
+"""``(model, moving_image, moving_labels, fixed_grid, device="cpu", precision="auto") -> session`` of a sweep
+method (the arguments of :class:`~.adaptation.AdaptationSession`)."""
 
 
 @dataclass(frozen=True)
@@ -85,12 +87,13 @@ class Method:
         return self.session is not None
 
     def start_session(self, moving_image: Volume, moving_labels: Volume, fixed_grid: Grid,
-                      model: ModelSource = None, device: str | torch.device = "cpu") -> AdaptationSession:
+                      model: ModelSource = None, device: str | torch.device = "cpu",
+                      precision: str = "auto") -> AdaptationSession:
         """An interactive session of this sweep method (the MR gland, channel 0 of ``moving_labels``, only)."""
         if self.session is None:
             raise InputError(f"method {self.name!r} registers whole volumes; an interactive sweep needs one of "
                              f"{', '.join(name for name, method in METHODS.items() if method.sweep)}")
-        return self.session(model, moving_image, moving_labels, fixed_grid, device)
+        return self.session(model, moving_image, moving_labels, fixed_grid, device, precision)
 
 
 METHODS: dict[str, Method] = {}
@@ -119,7 +122,8 @@ def get_method(name: str) -> Method:
 # --- whole-volume alignments --------------------------------------------------------------------------------------
 
 def _alignment(name: str) -> CaseRegistration:
-    def register(case: Case, frame_counts: Sequence[int], model: ModelSource) -> Iterator[MethodResult]:
+    def register(case: Case, frame_counts: Sequence[int], model: ModelSource,
+                 precision: str = "auto") -> Iterator[MethodResult]:
         start = time.perf_counter()
         # These baselines use the whole TRUS volume (and, for "centroid", its whole gland label).
         matrix = initial_alignment(name, case.fixed_image.grid, case.moving_image.grid,
@@ -163,11 +167,12 @@ def _untrained_model() -> Model:
 
 def _session_factory(adapt: bool = True, untrained: bool = False) -> SessionFactory:
     def start(model: ModelSource, moving_image: Volume, moving_labels: Volume, fixed_grid: Grid,
-              device: str | torch.device = "cpu") -> AdaptationSession:
+              device: str | torch.device = "cpu", precision: str = "auto") -> AdaptationSession:
         network, settings, _ = _untrained_model() if untrained else _model(model)
         if not adapt:
             settings = dataclasses.replace(settings, updates_per_interaction=0)
-        return AdaptationSession(network, moving_image, moving_labels, fixed_grid, settings=settings, device=device)
+        return AdaptationSession(network, moving_image, moving_labels, fixed_grid, settings=settings, device=device,
+                                 precision=precision)
 
     return start
 
@@ -186,18 +191,21 @@ def run_sweep(session: AdaptationSession, frames: Sequence[Frame]) -> Iterator[A
         yield session.add_frames([frame])
 
 
-def sweep_session(case: Case, model: ModelSource = None, method: str = "meta") -> AdaptationSession:
+def sweep_session(case: Case, model: ModelSource = None, method: str = "meta",
+                  precision: str = "auto") -> AdaptationSession:
     """A session of the sweep method ``method`` for ``case``. The session takes the MR gland (channel 0) only: no
     landmark label leaks into the registration."""
-    return get_method(method).start_session(case.moving_image, case.moving_labels, case.fixed_image.grid, model)
+    return get_method(method).start_session(case.moving_image, case.moving_labels, case.fixed_image.grid, model,
+                                            precision=precision)
 
 
 def _sweep(name: str) -> CaseRegistration:
-    def register(case: Case, frame_counts: Sequence[int], model: ModelSource) -> Iterator[MethodResult]:
+    def register(case: Case, frame_counts: Sequence[int], model: ModelSource,
+                 precision: str = "auto") -> Iterator[MethodResult]:
         counts = sorted(set(frame_counts)) or [SWEEP_FRAMES]
         if counts[0] < F_MIN:
             raise InputError(f"a sweep method registers from {F_MIN} frames on; frame counts {counts} start lower")
-        session = sweep_session(case, model, name)
+        session = sweep_session(case, model, name, precision)
         for result in run_sweep(session, sweep_frames(case, counts[-1])):
             if result.frames in counts:
                 yield MethodResult(result.transform, result.seconds, result.frames, result.updates)
@@ -218,7 +226,7 @@ BEST_METHOD = "meta"
 
 
 def run_method(name: str, case: Case, frame_counts: Sequence[int] = (),
-               model: ModelSource = None) -> Iterator[MethodResult]:
+               model: ModelSource = None, precision: str = "auto") -> Iterator[MethodResult]:
     """Register ``case`` with the named method (a model-based one uses ``model``, the bundled model by
-    default); yields its results in order."""
-    return get_method(name).register(case, frame_counts, model)
+    default, with the network's arithmetic ``precision``); yields its results in order."""
+    return get_method(name).register(case, frame_counts, model, precision)

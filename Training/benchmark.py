@@ -41,6 +41,7 @@ from MetaRegistrationLib.adaptation import AdaptationResult, AdaptationSession
 from MetaRegistrationLib.settings import AdaptationSettings
 from MetaRegistrationLib.data import Case
 from MetaRegistrationLib.devices import DEVICE_NAMES, torch_device
+from MetaRegistrationLib.precision import PRECISIONS, resolve_precision
 from MetaRegistrationLib.errors import InputError, naming_the_case
 from MetaRegistrationLib.alignment import initial_alignment
 from MetaRegistrationLib.geometry import warp
@@ -61,7 +62,7 @@ down-samplings, and 16 gives the 48 x 64 x 48 its time was first quoted on."""
 
 
 def time_sweeps(case: Case, network: RegistrationNet, settings: AdaptationSettings, sweeps: int, frames: int,
-                device: torch.device) -> list[AdaptationResult]:
+                device: torch.device, precision: str = "auto") -> list[AdaptationResult]:
     """The results of every interaction of ``sweeps`` timed sweeps of ``frames`` frames, after one untimed
     warm-up sweep.
 
@@ -71,7 +72,7 @@ def time_sweeps(case: Case, network: RegistrationNet, settings: AdaptationSettin
     results = []
     for index in range(1 + sweeps):
         session = AdaptationSession(network, case.moving_image, case.moving_labels, case.fixed_image.grid,
-                                    settings=settings, device=device)
+                                    settings=settings, device=device, precision=precision)
         interactions = list(run_sweep(session, sweep))
         if index > 0:
             results.extend(interactions)
@@ -148,6 +149,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: 3; 0 skips it)")
     parser.add_argument("--device", default="cpu", help=f"where to run: {', '.join(DEVICE_NAMES)} or cuda:N "
                         "(default: cpu)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="the network's arithmetic (default: %(default)s: bf16 where the hardware has it)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -171,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
     model_name = str(BUNDLED_MODEL if args.model is None else args.model)
     case = open_case(args.data, args.case)
     with naming_the_case(case.case_id):
-        results = time_sweeps(case, network, settings, args.sweeps, SWEEP_FRAMES, device)
+        precision = resolve_precision(args.precision, device)
+        results = time_sweeps(case, network, settings, args.sweeps, SWEEP_FRAMES, device, precision)
     updates = [r.preparation_seconds + sum(r.update_seconds) for r in results]
     steps = [seconds for r in results for seconds in r.update_seconds]
     reference_s = time_reference_step(case, args.reference_repeats, device) if args.reference_repeats else None
@@ -179,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         "case": case.case_id,
         "model": model_name,
         "device": str(device),
+        "precision": precision,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "fixed_shape_kji": list(case.fixed_image.grid.array_shape),
@@ -199,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"case {case.case_id}, fixed grid (k, j, i) = {case.fixed_image.grid.array_shape}, device {device}, "
+    print(f"case {case.case_id}, fixed grid (k, j, i) = {case.fixed_image.grid.array_shape}, device {device} ({precision}), "
           f"torch {torch.__version__} with {torch.get_num_threads()} threads, model {model_name}")
     print(f"{args.sweeps} sweep(s) of {SWEEP_FRAMES} frames after one warm-up sweep; update = preparation "
           f"(alignment, inputs) + {settings.updates_per_interaction} gradient step(s)")

@@ -21,6 +21,7 @@ from MetaRegistrationLib.errors import InputError
 from MetaRegistrationLib.evaluation import SUMMARY_COLUMNS, evaluate_cases, summarise, to_csv
 from MetaRegistrationLib.files import check_output_folder
 from MetaRegistrationLib.models import load_model, training_domain
+from MetaRegistrationLib.precision import PRECISIONS
 from MetaRegistrationLib.registration import METHODS, get_method
 from MetaRegistrationLib.report import OUTPUT_FILES, write_evaluation
 from MetaRegistrationLib.settings import AdaptationSettings, replaced
@@ -40,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapt", action="append", default=[], metavar="NAME=VALUE",
                         help="override the model's adaptation settings for this evaluation (repeatable), e.g. "
                              f"bending_weight=100, learning_rate=0.002; NAME one of {', '.join(ADAPTATION_FIELDS)}")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="the network's arithmetic (default: %(default)s: bf16 where the hardware has it)")
     parser.add_argument("--label", help="name of the method in the tables (default: --method), e.g. for another --model")
     add_output_arguments(parser, "output folder")
 
@@ -69,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix_str(case_id)
             bar.update()
 
-        rows = evaluate_cases(dataset, case_ids, args.method, args.frames, model, progress=advance, label=args.label)
+        rows = evaluate_cases(dataset, case_ids, args.method, args.frames, model, progress=advance, label=args.label,
+                              precision=args.precision)
     summary = summarise(rows)
     command = "metareg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     write_evaluation(args.out, rows, summary, command, args.data)

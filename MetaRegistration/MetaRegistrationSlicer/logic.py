@@ -242,7 +242,7 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
     def startSession(self, movingVolume, movingSegmentation, fixedVolume, modelPath: str | None = None,
                      device: str = "cpu", movingSegmentId: str | None = None, outputTransform=None,
                      outputVolume=None, outputSegmentation=None, resampleVolume: bool = False,
-                     method: str = "meta") -> InteractionReport:
+                     method: str = "meta", precision: str = "auto") -> InteractionReport:
         """Start registering an MR to a TRUS sweep (a session already running is replaced).
 
         Args:
@@ -253,6 +253,8 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
             modelPath: a model checkpoint stem (``NAME`` of ``NAME.safetensors`` + ``NAME.json``); the bundled
                 meta-learned model (``MetaRegistrationLib.models.BUNDLED_MODEL``) if omitted.
             device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
+            precision: the network's arithmetic, ``"auto"`` (bf16 where the hardware has it), ``"fp32"`` or
+                ``"bf16"`` (``MetaRegistrationLib.precision``).
             outputTransform, outputVolume, outputSegmentation: nodes to write the results to; new nodes are
                 created at the first registration when omitted (the resampled MR only if ``resampleVolume``).
             method: a sweep method of ``MetaRegistrationLib.registration.METHODS`` ("meta", "meta-noadapt",
@@ -292,7 +294,7 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
             training_domain(model.card) if model is not None else None)
         session = registered.start_session(movingImage,
                                            Volume(movingGland[None], movingImage.grid, movingImage.source),
-                                           fixedGrid, model=model, device=device)
+                                           fixedGrid, model=model, device=device, precision=precision)
         # Everything is checked: only now does the new session replace the old one.
         self._session = session
         self._inputs = _SessionInputs(conversions.nodeName(movingVolume), movingImage, movingGland, segments,
@@ -313,7 +315,7 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
         self._resetSweepTable()
         report = InteractionReport(status=f"Session started: {self._inputs.movingVolumeName} to "
                                           f"{self._inputs.fixedVolumeName} with {registered.name} on "
-                                          f"{session.device}; add tracked frames (the first update needs 2)"
+                                          f"{session.device} ({session.precision}); add tracked frames (the first update needs 2)"
                                           + "".join(f"; warning: {warning}" for warning in domainWarnings))
         self.statusText = report.status
         return report
