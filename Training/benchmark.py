@@ -29,6 +29,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,6 +51,10 @@ from MetaRegistrationLib.models import BUNDLED_MODEL, load_model
 from MetaRegistrationLib.network import RegistrationNet
 from MetaRegistrationLib.phantom import open_case
 from MetaRegistrationLib.registration import SWEEP_FRAMES, run_sweep, sweep_frames
+
+from .config import TrainConfig, load_config
+from .episodes import EpisodeSampler
+from .reptile import beta_meta, reptile_episode
 
 UPDATE_BUDGET_S = 0.5
 PREDICT_BUDGET_S = 0.2
@@ -77,6 +82,75 @@ def time_sweeps(case: Case, network: RegistrationNet, settings: AdaptationSettin
         if index > 0:
             results.extend(interactions)
     return results
+
+
+DEFAULT_TRAINING_CONFIG = Path(__file__).resolve().parent / "configs" / "meta.yaml"
+"""The bundled model's training config: what ``--training`` times by default."""
+
+
+@dataclass
+class TrainingTiming:
+    """Wall times of timed Reptile episodes (after one untimed warm-up episode): each episode, each inner step."""
+
+    episode_seconds: list[float]
+    step_seconds: list[float]
+
+    @property
+    def episode_s(self) -> float:
+        return statistics.median(self.episode_seconds)
+
+    @property
+    def step_s(self) -> float:
+        return statistics.median(self.step_seconds)
+
+
+def time_training(case: Case, config: TrainConfig, episodes: int, precision: str) -> TrainingTiming:
+    """Time ``episodes`` Reptile episodes of ``config`` on ``case`` (the training loop's sampler and update, from
+    the config's seed), with the network computing in ``precision``; every call times the same episodes."""
+    sampler = EpisodeSampler([case], config)
+    torch.manual_seed(config.seed)
+    model = RegistrationNet(config.network).train()
+    model.precision = precision
+    timing = TrainingTiming([], [])
+    for episode in range(1 + episodes):
+        steps: list[float] = []
+        start = time.perf_counter()
+        problem, _ = sampler.problem(episode)
+        reptile_episode(model, problem, config, beta_meta(config, episode), steps)
+        if episode > 0:
+            timing.episode_seconds.append(time.perf_counter() - start)
+            timing.step_seconds.extend(steps)
+    return timing
+
+
+def run_training(args: argparse.Namespace, case: Case) -> int:
+    """``--training``: Reptile episodes in fp32 and in the chosen precision, one table or one JSON object."""
+    if args.episodes < 1:
+        raise InputError(f"--episodes must be at least 1, got {args.episodes}")
+    config = load_config(Path(args.config))
+    chosen = resolve_precision(args.precision, torch.device("cpu"))
+    with naming_the_case(case.case_id):
+        fp32 = time_training(case, config, args.episodes, "fp32")
+        timed = fp32 if chosen == "fp32" else time_training(case, config, args.episodes, chosen)
+    result = {
+        "case": case.case_id, "config": str(args.config), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "episodes": args.episodes, "inner_steps": config.inner_steps,
+        "precision": chosen,
+        "fp32_episode_s": fp32.episode_s, "fp32_step_s": fp32.step_s, "fp32_episodes_per_hour": 3600 / fp32.episode_s,
+        "episode_s": timed.episode_s, "step_s": timed.step_s, "episodes_per_hour": 3600 / timed.episode_s,
+        "speedup": fp32.episode_s / timed.episode_s,
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"case {case.case_id}, config {args.config} ({config.inner_steps} inner steps per episode), torch "
+          f"{torch.__version__} with {torch.get_num_threads()} threads; medians over {args.episodes} episode(s) "
+          "after one warm-up episode")
+    print(f"{'precision':<12}{'step s':>10}{'episode s':>12}{'episodes/h':>12}")
+    for name, timing in (("fp32", fp32), *([(chosen, timed)] if chosen != "fp32" else [])):
+        print(f"{name:<12}{timing.step_s:>10.3f}{timing.episode_s:>12.3f}{3600 / timing.episode_s:>12.0f}")
+    print(f"speed-up of {chosen} over fp32: {result['speedup']:.2f}x")
+    return 0
 
 
 def _median_seconds(call: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:
@@ -151,6 +225,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: cpu)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="the network's arithmetic (default: %(default)s: bf16 where the hardware has it)")
+    parser.add_argument("--training", action="store_true",
+                        help="time Reptile training episodes instead (fp32 and --precision, the same episodes)")
+    parser.add_argument("--config", default=str(DEFAULT_TRAINING_CONFIG),
+                        help="training config for --training (default: the bundled model's, Training/configs/meta.yaml)")
+    parser.add_argument("--episodes", type=int, default=5, metavar="N",
+                        help="timed episodes for --training, after one warm-up episode (default: 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -170,6 +250,10 @@ def run(args: argparse.Namespace) -> int:
         device = torch_device(args.device)
     except InputError as error:
         raise InputError(f"--device: {error}") from None
+    if args.training:
+        if args.device != "cpu":
+            raise InputError("--training times the CPU engine; --device applies to the interactive benchmark")
+        return run_training(args, open_case(args.data, args.case))
     network, settings, _ = load_model(args.model)
     model_name = str(BUNDLED_MODEL if args.model is None else args.model)
     case = open_case(args.data, args.case)

@@ -11,6 +11,7 @@ episodes and loss.
 from __future__ import annotations
 
 import copy
+import time
 
 import numpy as np
 import torch
@@ -28,12 +29,18 @@ def beta_meta(config: TrainConfig, episode: int) -> float:
     return config.beta_meta_start + fraction * (config.beta_meta_end - config.beta_meta_start)
 
 
-def reptile_episode(model: RegistrationNet, problem: RegistrationProblem, config: TrainConfig, beta: float) -> float:
+def reptile_episode(model: RegistrationNet, problem: RegistrationProblem, config: TrainConfig, beta: float,
+                    step_seconds: list[float] | None = None) -> float:
     """Adapt a copy of ``model`` for ``inner_steps`` and move ``model`` towards it by ``beta``; returns the
-    mean inner loss."""
+    mean inner loss. ``step_seconds``, if given, receives the wall time of each inner step (for the benchmark)."""
     learner = copy.deepcopy(model)
     optimizer = torch.optim.Adam(learner.parameters(), lr=config.inner_learning_rate)
-    losses = [adaptation_step(learner, optimizer, problem, config.adaptation) for _ in range(config.inner_steps)]
+    losses = []
+    for _ in range(config.inner_steps):
+        start = time.perf_counter()
+        losses.append(adaptation_step(learner, optimizer, problem, config.adaptation))
+        if step_seconds is not None:
+            step_seconds.append(time.perf_counter() - start)
     with torch.no_grad():
         for initial, adapted in zip(model.parameters(), learner.parameters()):
             initial.add_(beta * (adapted - initial))

@@ -124,3 +124,28 @@ def test_a_case_the_folder_lacks_is_named(synthetic_dataset):
     with pytest.raises(InputError, match="has no complete case zzz"):
         open_case(synthetic_dataset, "zzz")
     assert open_case(synthetic_dataset, None).case_id == "a"
+
+
+def test_training_benchmark_times_fp32_and_the_chosen_precision_on_the_same_episodes(tiny_phantom, tmp_path,
+                                                                                       monkeypatch, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("inner_steps: 2\nf_max: 4\nnetwork:\n  num_channel_initial: 4\n")
+    timed = []
+    real = benchmark.time_training
+    monkeypatch.setattr(benchmark, "time_training",
+                        lambda case, cfg, episodes, precision: timed.append(precision) or real(case, cfg, episodes,
+                                                                                              precision))
+    assert benchmark.run(parse("--training", "--config", str(config), "--episodes", "2", "--precision", "bf16"
+                               if torch.cpu._is_avx512_bf16_supported() else "fp32", "--json")) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert timed[0] == "fp32" and timed[-1] == result["precision"]
+    assert result["inner_steps"] == 2 and result["episodes"] == 2
+    for key in ("fp32_episode_s", "episode_s", "fp32_step_s", "step_s"):
+        assert 0 < result[key] < 60
+    assert result["episode_s"] >= 2 * result["step_s"] * 0.9  # an episode holds its two inner steps
+    assert result["speedup"] == pytest.approx(result["fp32_episode_s"] / result["episode_s"])
+
+
+def test_training_benchmark_refuses_a_bad_episode_count():
+    with pytest.raises(InputError, match="--episodes must be at least 1"):
+        benchmark.run(parse("--training", "--episodes", "0"))
