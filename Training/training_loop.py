@@ -14,13 +14,14 @@ import torch
 from tqdm import tqdm
 
 from MetaRegistrationLib.data import Dataset, default_data_dir
+from MetaRegistrationLib.errors import InputError
 from MetaRegistrationLib.evaluation import evaluate_cases, summarise
 from MetaRegistrationLib.network import RegistrationNet
 
 from .config import TrainConfig
 from .episodes import EpisodeSampler
 from .reptile import conventional_optimizer, train_episode
-from .run_folder import RunFolder, git_commit, hardware
+from .run_folder import ResumePoint, RunFolder, git_commit, hardware
 
 TORCH_SEED_STRIDE = 1_000_003
 """Episode ``e`` of a run with seed ``s`` runs its update under ``torch.manual_seed(s * TORCH_SEED_STRIDE + e)``."""
@@ -31,6 +32,20 @@ def validate(config: TrainConfig, dataset: Dataset, case_ids: list[str], checkpo
     rows = evaluate_cases(dataset, case_ids, "meta", [config.f_max], model=checkpoint)
     (summary,) = summarise(rows)
     return {"median_tre_mm": summary.median_tre_mm, "mean_dsc": summary.mean_dsc}
+
+
+def split_cases(dataset: Dataset, split: str, need: str, setting: str, remedy: str = "") -> list[str]:
+    """The case IDs of a split the run needs, which must not be empty.
+
+    Raises:
+        InputError: naming ``split.json`` and the split (and the setting that names it), if the split is unknown,
+            malformed or empty.
+    """
+    case_ids = dataset.split(split)
+    if not case_ids:
+        raise InputError(f"{dataset.root / 'split.json'}: split {split!r} is empty; {need} ({setting})"
+                         + (f", {remedy}" if remedy else ""))
+    return case_ids
 
 
 def train(config: TrainConfig, run: RunFolder, resume: bool = False) -> Path:
@@ -44,8 +59,9 @@ def train(config: TrainConfig, run: RunFolder, resume: bool = False) -> Path:
     """
     if config.threads:
         torch.set_num_threads(config.threads)
-    start = run.resume_point() if resume else None
+    start = run.resume_point(config) if resume else None
     if start is not None and start.episodes_done == config.episodes and run.final_is_complete():
+        _notify(start)
         run.complete_finish()  # in case the run was stopped after saving final
         return run.final
     if start is None:
@@ -60,10 +76,14 @@ def train(config: TrainConfig, run: RunFolder, resume: bool = False) -> Path:
     dataset = Dataset(config.data or default_data_dir())
     if not resume:
         run.check_can_start(dataset.root)
-    train_ids = dataset.split(config.train_split)
-    val_ids = dataset.split(config.val_split)[: config.validate_cases]
+    train_ids = split_cases(dataset, config.train_split, "training needs at least one case",
+                            f"train_split: {config.train_split}")
     if config.validate_every:
+        val_ids = split_cases(dataset, config.val_split, "validation needs at least one case",
+                              f"val_split: {config.val_split}", "or set validate_every: 0")[: config.validate_cases]
         dataset.select(cases=val_ids)  # every validation case's files are there
+    else:
+        val_ids = dataset.split(config.val_split)[: config.validate_cases]  # known and well-formed; may be empty
     with tqdm(train_ids, desc="loading training cases", file=sys.stderr) as loading:
         cases = [dataset.load(case_id) for case_id in loading]
     sampler = EpisodeSampler(cases, config)
@@ -75,7 +95,8 @@ def train(config: TrainConfig, run: RunFolder, resume: bool = False) -> Path:
     done = 0 if start is None else start.episodes_done
     elapsed = 0.0 if start is None else start.wall_seconds
     if resume:
-        run.forget_after(done)
+        _notify(start)  # every check passed: the run goes on from there
+        run.forget_after(done, start)
         if start is not None and config.validation_due(done) and not run.validated_at(done):
             _validate_and_log(run, config, dataset, val_ids, start.checkpoint, done)
     with tqdm(range(done, config.episodes), initial=done, total=config.episodes, desc=f"{config.mode} training",
@@ -97,6 +118,12 @@ def train(config: TrainConfig, run: RunFolder, resume: bool = False) -> Path:
                 _validate_and_log(run, config, dataset, val_ids, checkpoint, done)
     return run.finish(model, config.adaptation, {**provenance, "episodes_done": config.episodes,
                                                  "wall_seconds": round(elapsed, 1)})
+
+
+def _notify(start: ResumePoint | None) -> None:
+    """Say which checkpoint a run resumes from, if it was found without the ``latest`` pointer (one line)."""
+    if start is not None and start.notice:
+        print(f"metareg-train: notice: {start.notice}", file=sys.stderr)
 
 
 def _validate_and_log(run: RunFolder, config: TrainConfig, dataset: Dataset, val_ids: list[str], checkpoint: Path,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import random
 from pathlib import Path
 
 import pytest
@@ -72,11 +73,11 @@ def uninterrupted(conventional, tmp_path) -> dict:
 # --- crash safety -------------------------------------------------------------------------------------------
 
 def test_a_crash_at_any_step_leaves_a_valid_checkpoint_and_resumes_exactly(conventional, tmp_path, monkeypatch):
-    """Every os.replace and os.unlink of a run (creating it, the checkpoint steps, finishing) is a place where
-    the process may die: at each, ``latest`` must name a complete pair with its optimiser state, and the resumed
-    run must end with the uninterrupted weights."""
+    """Every os.rename, os.replace and os.unlink of a run (creating it, the checkpoint steps, finishing) is a place
+    where the process may die: at each, ``latest`` must name a complete pair with its optimiser state, and the
+    resumed run must end with the uninterrupted weights. (Kills that skip all clean-up: test_run_recovery.py.)"""
     conventional = {**conventional, "episodes": 2}  # two checkpoints: the second replaces the first
-    real = {"replace": os.replace, "unlink": os.unlink}
+    real = {"rename": os.rename, "replace": os.replace, "unlink": os.unlink}
     calls = {"count": 0, "crash_at": None}
 
     def step(name):
@@ -87,8 +88,8 @@ def test_a_crash_at_any_step_leaves_a_valid_checkpoint_and_resumes_exactly(conve
             return real[name](*args, **kwargs)
         return counted
 
-    monkeypatch.setattr(os, "replace", step("replace"))
-    monkeypatch.setattr(os, "unlink", step("unlink"))
+    for name in real:
+        monkeypatch.setattr(os, name, step(name))
     uninterrupted = weights(run_training(tmp_path, conventional, "counted") / "final")
     steps = calls["count"]
     assert steps >= 20  # two files to create; per checkpoint, four replacements, their clean-ups and removals
@@ -106,7 +107,8 @@ def test_a_crash_at_any_step_leaves_a_valid_checkpoint_and_resumes_exactly(conve
             assert stem.name == "final" or optimizer_state_path(stem).is_file(), f"crash at step {crash_at}"
         if (run / "config.yaml").exists():
             assert resume(run) == 0, f"crash at step {crash_at}"
-        else:  # the run was not made (its folder may have been begun): start it again
+        else:  # the run was not made: start it again
+            assert not run.exists(), f"crash at step {crash_at}"
             assert main(["conventional", "--config", str(config), "--run", str(run)]) == 0
         assert_finished_as(run, uninterrupted, 2)
 
@@ -223,6 +225,10 @@ def test_resuming_with_a_different_config_is_refused(stopped_run, conventional, 
     assert main(["conventional", "--run", str(stopped_run), "--resume", "--config", str(same)]) == 0
 
 
+NOT_OPTIMISER_STATE = "refused, it is not plain optimiser state (it is corrupt, or a pickle that loading would run " \
+                      "code from)"
+
+
 def evil_pickle(path: Path) -> None:
     class RunsCode:
         def __reduce__(self):
@@ -237,17 +243,21 @@ def evil_pickle(path: Path) -> None:
     (lambda path: path.write_bytes(path.read_bytes()[:200]), "cannot be read as optimiser state, it is truncated "
                                                              "or corrupt"),
     (lambda path: path.write_bytes(b""), "cannot be read as optimiser state, it is truncated or corrupt"),
-    (evil_pickle, "refused, it is not plain optimiser state (loading it would run code)"),
+    (evil_pickle, NOT_OPTIMISER_STATE),
+    (lambda path: path.write_bytes(bytes(random.Random(1).getrandbits(8) for _ in range(100))),
+     NOT_OPTIMISER_STATE),
+    (lambda path: path.write_bytes(b"\x80\x02}q"), NOT_OPTIMISER_STATE),  # the weights-only unpickler: IndexError
     (lambda path: torch.save({"state": {}, "param_groups": []}, path), "does not fit this run's optimiser"),
-], ids=["missing", "truncated", "empty", "pickle-running-code", "another-optimiser"])
+], ids=["missing", "truncated", "empty", "pickle-running-code", "random-bytes", "broken-pickle", "another-optimiser"])
 def test_a_conventional_run_with_bad_optimiser_state_is_refused(stopped_run, capsys, damage, problem):
     state = stopped_run / "checkpoint-000002-optimizer.pt"
     assert state.is_file()
     damage(state)
     before = {p.name: p.read_bytes() for p in stopped_run.iterdir() if p.is_file()}
     assert resume(stopped_run) == 2
-    line = error_line(capsys)
-    assert line.startswith(f"metareg-train: error: {state}: {problem}"), line
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith(f"metareg-train: error: {state}: {problem}"), lines[-1]
+    assert not any("Traceback" in line for line in lines)
     assert {p.name: p.read_bytes() for p in stopped_run.iterdir() if p.is_file()} == before
 
 

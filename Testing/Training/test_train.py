@@ -61,7 +61,7 @@ def test_missing_config_file_is_an_input_error(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["conventional", "--config", "{config}", "--run", "{fresh}"], "mode is 'meta', not 'conventional'"),
     (["meta", "--run", "{fresh}"], "--config is needed"),
-    (["meta", "--config", "{config}", "--run", "{occupied}"], "already holds a run; use --resume"),
+    (["meta", "--config", "{config}", "--run", "{occupied}"], "holds no run (no config.yaml) but is not empty"),
     (["meta", "--run", "{occupied}", "--resume", "--config", "{config}"], "nothing to resume"),
 ], ids=["mode-mismatch", "no-config", "occupied-folder", "nothing-to-resume"])
 def test_the_cli_refuses_runs_it_cannot_start(synthetic_dataset, tmp_path, capsys, argv, message):
