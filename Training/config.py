@@ -72,6 +72,8 @@ class TrainConfig:
             checkpoint just saved), or 0 for none; the last episode always validates unless 0.
         validate_cases: the first this many cases of ``val_split`` are validated on (>= 1).
         threads: torch threads, 0 for torch's default.
+        precision: the network's arithmetic in the inner steps (``MetaRegistrationLib.precision``): ``fp32`` (the
+            default, so that runs made before bf16 resume as they were trained), ``bf16`` or ``auto``.
     """
 
     mode: Literal["meta", "conventional"] = "meta"
@@ -91,6 +93,7 @@ class TrainConfig:
     validate_every: NonNegativeInt = 250
     validate_cases: PositiveInt = 12
     threads: NonNegativeInt = 0
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
     network: NetworkConfig = dataclasses.field(default_factory=NetworkConfig)
     adaptation: AdaptationSettings = dataclasses.field(default_factory=AdaptationSettings)
     augmentation: AugmentationConfig = dataclasses.field(default_factory=AugmentationConfig)

@@ -23,7 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-from MetaRegistrationLib.errors import InputError, MetaRegistrationError
+from MetaRegistrationLib.errors import InputError, MetaRegistrationError, OneLineArgumentParser
 
 from .bundling import bundle
 from .config import MODES, load_config
@@ -35,7 +35,7 @@ INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="metareg-train", description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(prog="metareg-train", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for mode in MODES:
         sub = commands.add_parser(mode, help=f"train in {mode} mode (the config's mode must match)")

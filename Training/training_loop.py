@@ -17,6 +17,7 @@ from MetaRegistrationLib.data import Dataset, default_data_dir
 from MetaRegistrationLib.errors import InputError
 from MetaRegistrationLib.evaluation import evaluate_cases, summarise
 from MetaRegistrationLib.network import RegistrationNet
+from MetaRegistrationLib.precision import resolve_precision
 
 from .config import TrainConfig
 from .episodes import EpisodeSampler
@@ -70,6 +71,7 @@ def train(config: TrainConfig, run: RunFolder, resume: bool = False) -> Path:
     else:
         model = start.model.network
     model.train()
+    model.precision = resolve_precision(config.precision, torch.device("cpu"))
     optimizer = conventional_optimizer(model, config)
     if optimizer is not None and start is not None:
         run.load_optimizer_state(optimizer, start.checkpoint)

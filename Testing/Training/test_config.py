@@ -77,6 +77,7 @@ def test_a_wrong_type_is_one_line_naming_file_and_key(tmp_path, capsys, text, ke
     ("network: {extract_levels: [0, 0]}\n", "network.extract_levels", "must not repeat a level"),
     ("network: {extract_levels: []}\n", "network.extract_levels", "tuple should have at least 1 item"),
     ("augmentation: {flip: true}\n", "augmentation.flip", "unknown setting"),
+    ("precision: fp16\n", "precision", "input should be 'auto', 'fp32' or 'bf16' (got 'fp16')"),
 ], ids=lambda value: value if isinstance(value, str) and "\n" not in value else None)
 def test_a_value_out_of_range_is_one_line_naming_file_and_key(tmp_path, capsys, text, key, problem):
     message = refused(tmp_path, capsys, text)

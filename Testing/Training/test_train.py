@@ -216,3 +216,16 @@ def test_every_shipped_config_is_valid():
     for path in configs:
         config = load_config(path)
         assert config.mode in MODES
+
+
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_the_inner_steps_compute_in_the_configured_precision(synthetic_dataset, tmp_path, monkeypatch, precision):
+    from MetaRegistrationLib.network import RegistrationNet
+    from MetaRegistrationLib.precision import resolve_precision
+
+    seen = set()
+    forward = RegistrationNet.forward
+    monkeypatch.setattr(RegistrationNet, "forward", lambda self, inputs: seen.add(self.precision) or forward(self,
+                                                                                                            inputs))
+    run_training(tmp_path, tiny_config(synthetic_dataset, precision=precision, validate_every=0), "run")
+    assert seen == {resolve_precision(precision, torch.device("cpu"))}
