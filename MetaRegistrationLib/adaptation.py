@@ -38,7 +38,7 @@ from .devices import torch_device
 from .precision import resolve_precision
 from .errors import InputError, MetaRegistrationError
 from .geometry import Grid, Transform, apply_affine, sample, warp
-from .losses import LossTerms, registration_loss_terms
+from .losses import LossTerms, registration_loss_terms, target_scale_space
 from .network import RegistrationNet, make_inputs
 from .settings import AdaptationSettings
 from .sweep import Frame, rasterise_frames
@@ -91,6 +91,8 @@ class RegistrationProblem:
     initial: torch.Tensor
     landmarks_moving: torch.Tensor | None = None
     landmarks_fixed: torch.Tensor | None = None
+    target_blurred: list[torch.Tensor] | None = None
+    """The targets' side of the Dice term (``losses.target_scale_space``), filled at the problem's first step."""
 
 
 def build_problem(moving_image: torch.Tensor, moving_labels: torch.Tensor, moving_grid: Grid, fixed_grid: Grid,
@@ -118,8 +120,11 @@ def problem_loss(model: RegistrationNet, problem: RegistrationProblem, settings:
     """The adaptation objective: (total, its Dice and bending terms, the displacement)."""
     displacement = model(problem.inputs)
     warped = warp(problem.moving_labels, problem.moving_grid, problem.fixed_grid, problem.initial, displacement)
+    if problem.target_blurred is None:
+        problem.target_blurred = target_scale_space(problem.target_labels, problem.fixed_grid.spacing, problem.mask)
     terms = registration_loss_terms(warped, problem.target_labels, displacement, problem.fixed_grid.spacing,
-                                    problem.mask, bending_weight=settings.bending_weight)
+                                    problem.mask, bending_weight=settings.bending_weight,
+                                    target_blurred=problem.target_blurred)
     total = terms.total
     if problem.landmarks_fixed is not None and settings.landmark_weight > 0:
         # phi(p_f) = A (p_f + u(p_f)) must land on the clinician's MR point p_m.

@@ -85,6 +85,12 @@ def test_mask_compares_only_the_masked_voxels():
     # Masking happens before the blur: the same as blurring the masked labels.
     torch.testing.assert_close(multiscale_dice_loss(prediction, target, ISOTROPIC, mask=1 - mask),
                                multiscale_dice_loss(prediction * (1 - mask), target * (1 - mask), ISOTROPIC))
+    # The target's side computed once (as the inner steps of an episode reuse it) gives the same loss.
+    cached = losses.target_scale_space(target, ISOTROPIC, mask)
+    torch.testing.assert_close(multiscale_dice_loss(prediction, target, ISOTROPIC, mask=mask, target_blurred=cached),
+                               multiscale_dice_loss(prediction, target, ISOTROPIC, mask=mask))
+    other = losses.target_scale_space(1 - target, ISOTROPIC, mask)
+    assert multiscale_dice_loss(prediction, target, ISOTROPIC, mask=mask, target_blurred=other).item() > 0.3
 
 
 def test_dice_averages_over_batch_and_channels():
@@ -171,3 +177,12 @@ def test_gradients_flow_to_the_prediction_and_the_displacement():
         assert torch.isfinite(tensor.grad).all()
         assert tensor.grad.abs().max() > 0
     assert math.isclose(prediction.grad[0, 0, :, 1].abs().max().item(), 0.0)  # unmasked plane: no gradient
+
+
+def test_the_blurs_hand_written_backward_matches_finite_differences():
+    """The blur's backward is the blur itself (a symmetric kernel with zero padding is self-adjoint)."""
+    from MetaRegistrationLib.losses import _blur
+
+    torch.manual_seed(0)
+    volumes = torch.rand(1, 2, 5, 7, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: _blur(v, [1.2, 0.0, 0.8]), (volumes,), eps=1e-6, atol=1e-8)
