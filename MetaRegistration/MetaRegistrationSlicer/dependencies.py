@@ -171,7 +171,7 @@ def installDependencies(pipInstall: Callable[[list[str]], object],
 
     Args:
         pipInstall: installs a list of pip arguments (``slicer.util.pip_install`` in Slicer).
-        installTorch: installs torch for a version range such as ``">=2.4"`` (default: through the SlicerPyTorch
+        installTorch: installs torch for a version range such as ``">=2.13.0"`` (default: through the SlicerPyTorch
             extension's ``PyTorchUtilsLogic().installTorch``).
         dependencies, version: as :func:`checkDependencies`.
         loaded: the modules imported in this process (an upgraded one needs a restart).

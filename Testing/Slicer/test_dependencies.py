@@ -83,7 +83,7 @@ def test_an_old_monai_is_upgraded_and_what_slicer_ships_is_pinned():
 def test_torch_comes_from_the_pytorch_extension_with_the_version_range():
     environment = Environment(torch="2.1.0")
     assert environment.install() == []
-    assert environment.torch_calls == [">=2.4"] and environment.pip_calls == []
+    assert environment.torch_calls == [">=2.13.0"] and environment.pip_calls == []
 
 
 def test_packages_slicer_ships_are_never_installed():
