@@ -29,9 +29,10 @@ def naming_the_case(case_id: str) -> Iterator[None]:
     try:
         yield
     except MetaRegistrationError as error:
-        if str(error).startswith(f"case {case_id}"):
-            raise
-        raise type(error)(f"case {case_id}: {error}") from None
+        # The same error object, its message prefixed: its type and attributes (a FrameError's frame) stay.
+        if not str(error).startswith(f"case {case_id}"):
+            error.args = (f"case {case_id}: {error}",)
+        raise
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):

@@ -17,7 +17,7 @@ import numpy as np
 from .data import Case, Dataset
 from .errors import naming_the_case
 from .metrics import evaluate_transform, landmark_centroids, measure
-from .models import Model, ModelSource, resolve_model
+from .models import ModelSource, resolve_model
 from .registration import SWEEP_FRAMES, get_method, run_method, run_sweep, sweep_frames, sweep_session
 
 PAIR_COLUMNS = ("case", "pairs", "held_out", "frames", "tre_frames_mm", "tre_pairs_mm", "seconds")
@@ -66,7 +66,7 @@ def evaluate_cases(dataset: Dataset, case_ids: Sequence[str], method: str, frame
     the network's arithmetic (:mod:`~.precision`).
     """
     get_method(method)  # an unknown name fails before any case is read
-    if model is not None and not isinstance(model, Model):
+    if model is not None:
         model = resolve_model(model)  # a bad model file fails before any case is read, and is read once
     rows = []
     for case_id in case_ids:
@@ -108,7 +108,7 @@ def evaluate_landmark_pairs(dataset: Dataset, case_ids: Sequence[str], pair_coun
     counts = sorted(set(pair_counts))
     if not counts or counts[0] < 1:
         raise ValueError(f"pair counts must be >= 1, got {list(pair_counts)}")
-    if model is not None and not isinstance(model, Model):
+    if model is not None:
         model = resolve_model(model)
     rows = []
     for case_id in case_ids:

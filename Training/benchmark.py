@@ -250,15 +250,15 @@ def run(args: argparse.Namespace) -> int:
         device = torch_device(args.device)
     except InputError as error:
         raise InputError(f"--device: {error}") from None
+    precision = resolve_precision(args.precision, device)  # before any file is read
     if args.training:
-        if args.device != "cpu":
+        if device.type != "cpu":
             raise InputError("--training times the CPU engine; --device applies to the interactive benchmark")
         return run_training(args, open_case(args.data, args.case))
     network, settings, _ = load_model(args.model)
     model_name = str(BUNDLED_MODEL if args.model is None else args.model)
     case = open_case(args.data, args.case)
     with naming_the_case(case.case_id):
-        precision = resolve_precision(args.precision, device)
         results = time_sweeps(case, network, settings, args.sweeps, SWEEP_FRAMES, device, precision)
     updates = [r.preparation_seconds + sum(r.update_seconds) for r in results]
     steps = [seconds for r in results for seconds in r.update_seconds]

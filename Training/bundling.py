@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from MetaRegistrationLib.checkpoint import save_checkpoint
 from MetaRegistrationLib.data import Dataset, default_data_dir, find_image
+from MetaRegistrationLib.errors import InputError
 from MetaRegistrationLib.evaluation import evaluate_cases, summarise
 from MetaRegistrationLib.models import load_model, model_config
 from MetaRegistrationLib.network import INPUT_CHANNELS, NetworkConfig
@@ -89,14 +90,18 @@ def training_domain(dataset: Dataset, split: str) -> dict:
         the field of view (size x spacing), in mm per ITK voxel axis (i, j, k), each as ``{"min", "max"}`` over
         the cases.
     """
-    case_ids = dataset.split(split)
+    case_ids = dataset.select(split=split)
     domain: dict = {"split": split, "cases": len(case_ids), "axes": "ITK voxel axes (i, j, k)"}
     for side in ("fixed", "moving"):
         spacings, fields = [], []
         for case_id in case_ids:
+            path = find_image(dataset.root / f"{side}_images", case_id)
             reader = sitk.ImageFileReader()
-            reader.SetFileName(str(find_image(dataset.root / f"{side}_images", case_id)))
-            reader.ReadImageInformation()
+            reader.SetFileName(str(path))
+            try:
+                reader.ReadImageInformation()
+            except RuntimeError:
+                raise InputError(f"{path}: its header cannot be read as an image") from None
             spacing = np.asarray(reader.GetSpacing()[:3], dtype=float)
             spacings.append(spacing)
             fields.append(spacing * np.asarray(reader.GetSize()[:3]))
@@ -187,11 +192,13 @@ def bundle(run_dir: Path, checkpoint: str, out: Path, version: str, frames: int 
     """
     config = load_config(run_dir / CONFIG_FILE)
     source = run_dir / checkpoint
-    network, settings, card = load_model(source)
+    model = load_model(source)
+    network, settings, card = model
     dataset = Dataset(config.data or default_data_dir())
     domain = training_domain(dataset, config.train_split)
-    val_ids = dataset.split(config.val_split)
-    rows = evaluate_cases(dataset, val_ids, "meta", [frames], model=source)
+    val_ids = dataset.select(split=config.val_split)
+    # Measured in the precision the run trained in, as its validations were.
+    rows = evaluate_cases(dataset, val_ids, "meta", [frames], model=model, precision=config.precision)
     (summary,) = summarise(rows)
     metrics = {"split": config.val_split, "cases": len(val_ids), "frames": frames,
                "median_tre_mm": round(summary.median_tre_mm, 3), "mean_tre_mm": round(summary.mean_tre_mm, 3),

@@ -21,7 +21,8 @@ from MetaRegistrationLib.errors import InputError
 from MetaRegistrationLib.evaluation import SUMMARY_COLUMNS, evaluate_cases, summarise, to_csv
 from MetaRegistrationLib.files import check_output_folder
 from MetaRegistrationLib.models import load_model, training_domain
-from MetaRegistrationLib.precision import PRECISIONS
+from MetaRegistrationLib.devices import torch_device
+from MetaRegistrationLib.precision import PRECISIONS, resolve_precision
 from MetaRegistrationLib.registration import METHODS, get_method
 from MetaRegistrationLib.report import OUTPUT_FILES, write_evaluation
 from MetaRegistrationLib.settings import AdaptationSettings, replaced
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if args.frames and not method.sweep:
         raise InputError(f"--frames: method {args.method!r} registers the whole TRUS volume; frame counts apply to "
                          "sweep methods")
+    resolve_precision(args.precision, torch_device("cpu"))  # bf16 on hardware without it fails before any work
     check_output_folder(args.out, args.overwrite, protected=(args.data,))
     model = None
     if args.model is not None or overrides:

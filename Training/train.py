@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         except MetaRegistrationError as error:
             print(f"metareg-train: error: {error}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print("metareg-train bundle: interrupted; nothing was written", file=sys.stderr)
+            return 130
         print(f"wrote {args.out}.safetensors and {args.out}.json; val: {json.dumps(metrics)}")
         return 0
     run = RunFolder(args.run, args.command)

@@ -29,8 +29,9 @@ TORCH_SEED_STRIDE = 1_000_003
 
 
 def validate(config: TrainConfig, dataset: Dataset, case_ids: list[str], checkpoint: Path) -> dict:
-    """Sweep validation of a checkpoint (the ``meta`` method at ``f_max`` frames): median TRE (mm) and mean DSC."""
-    rows = evaluate_cases(dataset, case_ids, "meta", [config.f_max], model=checkpoint)
+    """Sweep validation of a checkpoint (the ``meta`` method at ``f_max`` frames, in the run's precision): median
+    TRE (mm) and mean DSC."""
+    rows = evaluate_cases(dataset, case_ids, "meta", [config.f_max], model=checkpoint, precision=config.precision)
     (summary,) = summarise(rows)
     return {"median_tre_mm": summary.median_tre_mm, "mean_dsc": summary.mean_dsc}
 

@@ -439,6 +439,10 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
             raise self._namedError(pending) from None
         if pending.result is None:
             raise RuntimeError("finishInteraction() before the interaction's adapt()")
+        if pending.session is not self._session or pending.result.frames != self._session.frame_count:
+            # A reset or a new session came in between (the session the result belongs to is gone): drop it.
+            raise InputError(f"{pending.description}: the session was reset or restarted while this interaction "
+                             "ran; it was not applied")
         try:
             return self._commit(pending)
         except BaseException:

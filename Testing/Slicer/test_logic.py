@@ -488,6 +488,26 @@ def test_an_adaptation_error_from_a_worker_is_raised_by_finish_naming_the_node(m
     assert logic.addFrame(*frames[2]).frames == 3
 
 
+def test_an_interaction_prepared_before_a_restart_is_not_applied(mrml_scene, shifted_case, tiny_model):
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
+    frames = frame_nodes(mrml_scene, shifted_case, 3)
+    logic = started(mrml_scene, nodes, tiny_model)
+    logic.addFrames(frames[:2])
+    pending = logic.prepareFrame(*frames[2])
+    pending.adapt()  # in a worker thread, while the user restarts the session
+    logic.startSession(nodes["MR"], nodes["MR segmentation"], nodes["TRUS"], modelPath=str(tiny_model))
+    with pytest.raises(InputError, match=r"^frame 3: the session was reset or restarted while this interaction ran"):
+        logic.finishInteraction(pending)
+    assert logic._session.frame_count == 0 and logic.reports == []
+    logic.addFrames(frames[:2])
+    pending = logic.prepareFrame(*frames[2])
+    pending.adapt()
+    logic.reset()
+    with pytest.raises(InputError, match=r"^frame 3: the session was reset or restarted"):
+        logic.finishInteraction(pending)
+    assert logic._session.frame_count == 0 and logic.lastTransform is None
+
+
 # --- NaN and infinite values ------------------------------------------------------------------------------------
 
 def test_non_finite_landmarks_and_poses_are_refused_before_any_step(mrml_scene, shifted_case, tiny_model):

@@ -90,3 +90,22 @@ def test_the_bundled_models_card_describes_it():
 def test_the_bundled_models_training_domain_is_the_data_sets(real_data_dir):
     card = json.loads(Path(f"{BUNDLED_MODEL}.json").read_text())
     assert training_domain(Dataset(real_data_dir), "train") == card["inputs"]["training_domain"]
+
+
+def test_bundle_refuses_an_empty_val_split_and_an_unreadable_header_in_one_line(synthetic_dataset, tmp_path,
+                                                                                 capsys):
+    from Training.train import main
+
+    run = run_training(tmp_path, tiny_config(synthetic_dataset, episodes=2, validate_every=0), "run")
+    out = tmp_path / "models" / "tiny-init"
+    capsys.readouterr()  # the training run's progress bars
+    (synthetic_dataset / "split.json").write_text('{"train": ["a"], "val": []}')
+    assert main(["bundle", "--run", str(run), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("metareg-train: error: ") and "val" in error
+    (synthetic_dataset / "split.json").write_text('{"train": ["a"], "val": ["b"]}')
+    (synthetic_dataset / "fixed_images" / "a.nii.gz").write_bytes(b"not an image at all")
+    assert main(["bundle", "--run", str(run), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "a.nii.gz" in error
+    assert not out.with_suffix(".json").exists()
