@@ -21,7 +21,7 @@ from MetaRegistrationLib.errors import InputError
 from MetaRegistrationLib.alignment import initial_alignment
 from MetaRegistrationLib.geometry import Grid, apply_affine, translation
 from MetaRegistrationLib.metrics import evaluate_transform
-from MetaRegistrationLib.network import RegistrationNet
+from MetaRegistrationLib.network import NetworkConfig, RegistrationNet
 from MetaRegistrationLib.phantom import make_phantom_case
 from MetaRegistrationLib.sweep import (
     DEPTH_AXIS,
@@ -498,3 +498,23 @@ def test_frames_alignment_refuses_frames_without_gland(translated):
     assert mask.any() and not (acquired_gland > 0.5).any()
     with pytest.raises(InputError, match="no gland pixel"):
         frames_gland_alignment(gland, moving_grid, acquired_gland, mask, case.fixed_image.grid)
+
+
+def test_the_targets_pyramid_is_computed_once_for_all_steps_on_one_problem(monkeypatch):
+    """The inner steps of an episode share their problem, so the fixed labels are blurred once, not per step."""
+    from MetaRegistrationLib import adaptation
+    from MetaRegistrationLib.phantom import make_phantom_case
+    from MetaRegistrationLib.registration import run_sweep, sweep_frames
+    from MetaRegistrationLib.settings import AdaptationSettings
+
+    case = make_phantom_case(seed=0, scale=0.3)[0]
+    torch.manual_seed(0)
+    calls = []
+    real = adaptation.target_scale_space
+    monkeypatch.setattr(adaptation, "target_scale_space", lambda *args: calls.append(1) or real(*args))
+    session = adaptation.AdaptationSession(RegistrationNet(NetworkConfig(num_channel_initial=4)), case.moving_image,
+                                           case.moving_labels, case.fixed_image.grid,
+                                           settings=AdaptationSettings(updates_per_interaction=3), precision="fp32")
+    results = list(run_sweep(session, sweep_frames(case, 3)))
+    assert [r.updates for r in results] == [3, 6]
+    assert len(calls) == 2  # one problem per interaction, three steps each

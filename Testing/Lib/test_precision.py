@@ -62,3 +62,4 @@ def test_a_session_adapts_in_the_precision_it_resolved(monkeypatch):
         assert session.precision == session.model.precision == resolved
         list(run_sweep(session, sweep_frames(case, 3)))
         assert calls and all(call["enabled"] == (resolved == "bf16") for call in calls)
+
