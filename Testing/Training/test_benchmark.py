@@ -15,6 +15,7 @@ from MetaRegistrationLib.models import save_model
 from MetaRegistrationLib import phantom
 from MetaRegistrationLib.network import RegistrationNet
 from MetaRegistrationLib.phantom import make_phantom_case, open_case
+from MetaRegistrationLib.precision import bf16_supported
 from Training import benchmark
 from Training.cli import main
 
@@ -136,7 +137,7 @@ def test_training_benchmark_times_fp32_and_the_chosen_precision_on_the_same_epis
                         lambda case, cfg, episodes, precision: timed.append(precision) or real(case, cfg, episodes,
                                                                                               precision))
     assert benchmark.run(parse("--training", "--config", str(config), "--episodes", "2", "--precision", "bf16"
-                               if torch.cpu._is_avx512_bf16_supported() else "fp32", "--json")) == 0
+                               if bf16_supported(torch.device("cpu")) else "fp32", "--json")) == 0
     result = json.loads(capsys.readouterr().out)
     assert timed[0] == "fp32" and timed[-1] == result["precision"]
     assert result["inner_steps"] == 2 and result["episodes"] == 2
