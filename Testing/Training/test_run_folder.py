@@ -20,8 +20,8 @@ from Training import episodes, run_folder
 from Training.config import load_config
 from Training.run_folder import RunFolder, optimizer_state_path
 from Training.train import INTERRUPTED, main
-from training_runs import (keep_torch_threads, read_rows, run_training, same_weights, tiny_config,  # noqa: F401
-                           weights, write_config)
+from training_runs import (conventional, keep_torch_threads, read_rows, run_training,  # noqa: F401
+                           same_weights, tiny_config, uninterrupted, weights, write_config)
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 FINISHED_RUN = {"config.yaml", "git_commit.txt", "log.csv", "latest.json", "final.safetensors", "final.json"}
@@ -57,17 +57,6 @@ def assert_finished_as(run: Path, uninterrupted: dict, episodes_done: int) -> No
     assert [row["episode"] for row in read_rows(run / "log.csv")] == [str(e) for e in range(episodes_done)]
     assert {p.name for p in run.iterdir()} == FINISHED_RUN
     assert resolve_checkpoint(run / "latest") == run / "final"
-
-
-@pytest.fixture
-def conventional(synthetic_dataset) -> dict:
-    """A conventional run of 3 episodes, a checkpoint after each, no validation."""
-    return tiny_config(synthetic_dataset, mode="conventional", episodes=3, validate_every=0)
-
-
-@pytest.fixture
-def uninterrupted(conventional, tmp_path) -> dict:
-    return weights(run_training(tmp_path, conventional, "whole") / "final")
 
 
 # --- crash safety -------------------------------------------------------------------------------------------

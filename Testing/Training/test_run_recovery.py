@@ -18,8 +18,8 @@ from Training import episodes
 from Training.config import TrainConfig, load_config
 from Training.run_folder import RunFolder
 from Training.train import INTERRUPTED, main
-from training_runs import (keep_torch_threads, read_rows, run_training, same_weights, tiny_config,  # noqa: F401
-                           weights, write_config)
+from training_runs import (conventional, keep_torch_threads, read_rows, run_training,  # noqa: F401
+                           same_weights, tiny_config, uninterrupted, weights, write_config)
 
 CREATED = {"config.yaml", "git_commit.txt"}
 """What a run folder holds from its creation until its first episode is logged."""
@@ -220,17 +220,6 @@ def test_resuming_on_an_empty_split_names_it_and_changes_nothing(stopped_run, sy
 
 
 # --- a missing or broken pointer ------------------------------------------------------------------------------------
-
-@pytest.fixture
-def conventional(synthetic_dataset) -> dict:
-    """A conventional run of 3 episodes, a checkpoint after each, no validation."""
-    return tiny_config(synthetic_dataset, mode="conventional", episodes=3, validate_every=0)
-
-
-@pytest.fixture
-def uninterrupted(conventional, tmp_path) -> dict:
-    return weights(run_training(tmp_path, conventional, "whole") / "final")
-
 
 @pytest.fixture
 def stopped_run(conventional, tmp_path, monkeypatch) -> Path:

@@ -61,3 +61,15 @@ def run_training(tmp_path: Path, values: dict, name: str) -> Path:
     run = tmp_path / name
     assert main([values["mode"], "--config", str(config), "--run", str(run)]) == 0
     return run
+
+
+@pytest.fixture
+def conventional(synthetic_dataset) -> dict:
+    """A conventional run of 3 episodes, a checkpoint after each, no validation."""
+    return tiny_config(synthetic_dataset, mode="conventional", episodes=3, validate_every=0)
+
+
+@pytest.fixture
+def uninterrupted(conventional, tmp_path) -> dict:
+    """The final weights of the ``conventional`` run, uninterrupted."""
+    return weights(run_training(tmp_path, conventional, "whole") / "final")
