@@ -119,6 +119,15 @@ def problem_loss(model: RegistrationNet, problem: RegistrationProblem, settings:
                  ) -> tuple[torch.Tensor, LossTerms, torch.Tensor]:
     """The adaptation objective: (total, its Dice and bending terms, the displacement)."""
     displacement = model(problem.inputs)
+    total, terms = displacement_loss(displacement, problem, settings)
+    return total, terms, displacement
+
+
+def displacement_loss(displacement: torch.Tensor, problem: RegistrationProblem, settings: AdaptationSettings
+                      ) -> tuple[torch.Tensor, LossTerms]:
+    """The adaptation objective of a displacement (1, 3, k, j, i) in mm on ``problem``'s fixed grid: (total, its
+    Dice and bending terms). Batched meta-training (``Training.reptile``) calls it on each episode's slice of a
+    vectorised network's output."""
     warped = warp(problem.moving_labels, problem.moving_grid, problem.fixed_grid, problem.initial, displacement)
     if problem.target_blurred is None:
         problem.target_blurred = target_scale_space(problem.target_labels, problem.fixed_grid.spacing, problem.mask)
@@ -132,7 +141,7 @@ def problem_loss(model: RegistrationNet, problem: RegistrationProblem, settings:
                            problem.landmarks_fixed[None], padding_mode="border")[0].T
         mapped = (problem.landmarks_fixed + at_points) @ problem.initial[:3, :3].T + problem.initial[:3, 3]
         total = total + settings.landmark_weight * ((mapped - problem.landmarks_moving) ** 2).sum(-1).mean()
-    return total, terms, displacement
+    return total, terms
 
 
 def adaptation_step(model: RegistrationNet, optimizer: torch.optim.Optimizer, problem: RegistrationProblem,

@@ -56,6 +56,13 @@ displacement is of the order of 1e-3 mm (near identity) but not exactly zero, so
 every layer receives a gradient from the first step on."""
 
 
+MIN_DEEPEST_SIZE = 3
+"""Voxels along each axis at the encoder's deepest level, at least (inputs are padded to it). Instance norm needs
+more than one; and with two along the first spatial axis, torch 2.13's bf16 convolution weight gradient on the
+CPU (oneDNN) is wrong, different from one run to the next and up to 1e37 (seen on this project's CPU; real data
+here has 3 x 4 x 3 at the deepest level, so only inputs under 33 voxels along an axis are padded more)."""
+
+
 @dataclass(frozen=True, config=STRICT)
 class NetworkConfig:
     """The architecture of a :class:`RegistrationNet`; stored in every checkpoint.
@@ -205,8 +212,7 @@ class RegistrationNet(nn.Module):
                              f"got shape {tuple(inputs.shape)}")
         size = inputs.shape[2:]
         multiple = self.config.size_multiple
-        # At least two voxels at the deepest level: instance norm needs more than one.
-        padded = [max(-(-n // multiple), 2) * multiple for n in size]
+        padded = [max(-(-n // multiple), MIN_DEEPEST_SIZE) * multiple for n in size]
         # F.pad lists (before, after) pairs from the last axis backwards; padding only
         # after keeps voxel (0, 0, 0) in place, so cropping is a plain slice.
         padding = [amount for n, p in zip(reversed(size), reversed(padded)) for amount in (0, p - n)]

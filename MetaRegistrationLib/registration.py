@@ -56,8 +56,8 @@ class MethodResult:
 
 
 CaseRegistration = Callable[..., Iterator[MethodResult]]
-"""``(case, frame_counts, model, precision="auto") -> results``; methods without a model ignore ``model`` and
-``precision``."""
+"""``(case, frame_counts, model, precision="auto", device="cpu") -> results``; methods without a model ignore
+``model``, ``precision`` and ``device``."""
 SessionFactory = Callable[..., AdaptationSession]
 """``(model, moving_image, moving_labels, fixed_grid, device="cpu", precision="auto") -> session`` of a sweep
 method (the arguments of :class:`~.adaptation.AdaptationSession`)."""
@@ -122,8 +122,8 @@ def get_method(name: str) -> Method:
 # --- whole-volume alignments --------------------------------------------------------------------------------------
 
 def _alignment(name: str) -> CaseRegistration:
-    def register(case: Case, frame_counts: Sequence[int], model: ModelSource,
-                 precision: str = "auto") -> Iterator[MethodResult]:
+    def register(case: Case, frame_counts: Sequence[int], model: ModelSource, precision: str = "auto",
+                 device: str | torch.device = "cpu") -> Iterator[MethodResult]:
         start = time.perf_counter()
         # These baselines use the whole TRUS volume (and, for "centroid", its whole gland label).
         matrix = initial_alignment(name, case.fixed_image.grid, case.moving_image.grid,
@@ -191,21 +191,21 @@ def run_sweep(session: AdaptationSession, frames: Sequence[Frame]) -> Iterator[A
         yield session.add_frames([frame])
 
 
-def sweep_session(case: Case, model: ModelSource = None, method: str = "meta",
-                  precision: str = "auto") -> AdaptationSession:
+def sweep_session(case: Case, model: ModelSource = None, method: str = "meta", precision: str = "auto",
+                  device: str | torch.device = "cpu") -> AdaptationSession:
     """A session of the sweep method ``method`` for ``case``. The session takes the MR gland (channel 0) only: no
     landmark label leaks into the registration."""
     return get_method(method).start_session(case.moving_image, case.moving_labels, case.fixed_image.grid, model,
-                                            precision=precision)
+                                            device=device, precision=precision)
 
 
 def _sweep(name: str) -> CaseRegistration:
-    def register(case: Case, frame_counts: Sequence[int], model: ModelSource,
-                 precision: str = "auto") -> Iterator[MethodResult]:
+    def register(case: Case, frame_counts: Sequence[int], model: ModelSource, precision: str = "auto",
+                 device: str | torch.device = "cpu") -> Iterator[MethodResult]:
         counts = sorted(set(frame_counts)) or [SWEEP_FRAMES]
         if counts[0] < F_MIN:
             raise InputError(f"a sweep method registers from {F_MIN} frames on; frame counts {counts} start lower")
-        session = sweep_session(case, model, name, precision)
+        session = sweep_session(case, model, name, precision, device)
         for result in run_sweep(session, sweep_frames(case, counts[-1])):
             if result.frames in counts:
                 yield MethodResult(result.transform, result.seconds, result.frames, result.updates)
@@ -225,8 +225,8 @@ BEST_METHOD = "meta"
 """The default of the demo: the bundled model adapted over a sweep (docs/RESULTS.md has its numbers)."""
 
 
-def run_method(name: str, case: Case, frame_counts: Sequence[int] = (),
-               model: ModelSource = None, precision: str = "auto") -> Iterator[MethodResult]:
+def run_method(name: str, case: Case, frame_counts: Sequence[int] = (), model: ModelSource = None,
+               precision: str = "auto", device: str | torch.device = "cpu") -> Iterator[MethodResult]:
     """Register ``case`` with the named method (a model-based one uses ``model``, the bundled model by
-    default, with the network's arithmetic ``precision``); yields its results in order."""
-    return get_method(name).register(case, frame_counts, model, precision)
+    default, with the network's arithmetic ``precision`` on ``device``); yields its results in order."""
+    return get_method(name).register(case, frame_counts, model, precision, device)

@@ -98,13 +98,8 @@ def mrml_scene():
     slicer = pytest.importorskip("slicer", reason="slicer-core (3D Slicer's MRML as a wheel) is not installed")
     if not hasattr(slicer, "vtkMRMLScene"):
         pytest.skip(f"the 'slicer' package at {slicer.__file__} is not slicer-core")
-    scene = slicer.vtkMRMLScene()
-    application = slicer.vtkMRMLApplicationLogic()
-    application.SetMRMLScene(scene)
-    logics = [slicer.vtkSlicerSegmentationsModuleLogic(), slicer.vtkSlicerTransformLogic(),
-              slicer.vtkSlicerMarkupsLogic()]
-    for logic in logics:
-        logic.SetMRMLApplicationLogic(application)
-        logic.SetMRMLScene(scene)
+    from MetaRegistrationSlicer.conversions import headlessScene
+
+    scene, logics = headlessScene()  # noqa: F841 - the logics live as long as the scene
     yield scene
     scene.Clear(True)

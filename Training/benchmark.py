@@ -54,7 +54,7 @@ from MetaRegistrationLib.registration import SWEEP_FRAMES, run_sweep, sweep_fram
 
 from .config import TrainConfig, load_config
 from .episodes import EpisodeSampler
-from .reptile import beta_meta, reptile_episode
+from .reptile import beta_meta, reptile_step
 
 UPDATE_BUDGET_S = 0.5
 PREDICT_BUDGET_S = 0.2
@@ -104,52 +104,69 @@ class TrainingTiming:
         return statistics.median(self.step_seconds)
 
 
-def time_training(case: Case, config: TrainConfig, episodes: int, precision: str) -> TrainingTiming:
+def time_training(case: Case, config: TrainConfig, episodes: int, precision: str,
+                  device: torch.device = torch.device("cpu"), meta_batch: int = 1) -> TrainingTiming:
     """Time ``episodes`` Reptile episodes of ``config`` on ``case`` (the training loop's sampler and update, from
-    the config's seed), with the network computing in ``precision``; every call times the same episodes."""
-    sampler = EpisodeSampler([case], config)
+    the config's seed), with the network computing in ``precision`` on ``device``, ``meta_batch`` episodes per
+    Reptile step (vectorised through ``vmap`` when more than one); every call times the same episodes. An episode's
+    time is its step's over ``meta_batch``."""
+    sampler = EpisodeSampler([case], config, device)
     torch.manual_seed(config.seed)
-    model = RegistrationNet(config.network).train()
+    model = RegistrationNet(config.network).to(device).train()
     model.precision = precision
     timing = TrainingTiming([], [])
-    for episode in range(1 + episodes):
+    for first in range(0, (1 + episodes) * meta_batch, meta_batch):
         steps: list[float] = []
         start = time.perf_counter()
-        problem, _ = sampler.problem(episode)
-        reptile_episode(model, problem, config, beta_meta(config, episode), steps)
-        if episode > 0:
-            timing.episode_seconds.append(time.perf_counter() - start)
-            timing.step_seconds.extend(steps)
+        problems = [sampler.problem(episode)[0] for episode in range(first, first + meta_batch)]
+        reptile_step(model, problems, config, beta_meta(config, first), steps, vectorised=meta_batch > 1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if first > 0:
+            timing.episode_seconds.append((time.perf_counter() - start) / meta_batch)
+            timing.step_seconds.extend(step / meta_batch for step in steps)
     return timing
 
 
-def run_training(args: argparse.Namespace, case: Case) -> int:
-    """``--training``: Reptile episodes in fp32 and in the chosen precision, one table or one JSON object."""
+def run_training(args: argparse.Namespace, case: Case, device: torch.device) -> int:
+    """``--training``: Reptile episodes in fp32 and in the chosen precision (and batched, with ``--meta-batch``),
+    one table or one JSON object."""
     if args.episodes < 1:
         raise InputError(f"--episodes must be at least 1, got {args.episodes}")
+    if args.meta_batch < 1:
+        raise InputError(f"--meta-batch must be at least 1, got {args.meta_batch}")
     config = load_config(Path(args.config))
-    chosen = resolve_precision(args.precision, torch.device("cpu"))
+    chosen = resolve_precision(args.precision, device)
     with naming_the_case(case.case_id):
-        fp32 = time_training(case, config, args.episodes, "fp32")
-        timed = fp32 if chosen == "fp32" else time_training(case, config, args.episodes, chosen)
+        fp32 = time_training(case, config, args.episodes, "fp32", device)
+        timed = fp32 if chosen == "fp32" else time_training(case, config, args.episodes, chosen, device)
+        batched = None if args.meta_batch == 1 else \
+            time_training(case, config, args.episodes, chosen, device, args.meta_batch)
     result = {
-        "case": case.case_id, "config": str(args.config), "threads": torch.get_num_threads(),
+        "case": case.case_id, "config": str(args.config), "device": str(device), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "episodes": args.episodes, "inner_steps": config.inner_steps,
         "precision": chosen,
         "fp32_episode_s": fp32.episode_s, "fp32_step_s": fp32.step_s, "fp32_episodes_per_hour": 3600 / fp32.episode_s,
         "episode_s": timed.episode_s, "step_s": timed.step_s, "episodes_per_hour": 3600 / timed.episode_s,
         "speedup": fp32.episode_s / timed.episode_s,
+        "meta_batch": args.meta_batch,
+        "batched_episode_s": None if batched is None else batched.episode_s,
+        "batched_episodes_per_hour": None if batched is None else 3600 / batched.episode_s,
     }
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"case {case.case_id}, config {args.config} ({config.inner_steps} inner steps per episode), torch "
-          f"{torch.__version__} with {torch.get_num_threads()} threads; medians over {args.episodes} episode(s) "
-          "after one warm-up episode")
-    print(f"{'precision':<12}{'step s':>10}{'episode s':>12}{'episodes/h':>12}")
-    for name, timing in (("fp32", fp32), *([(chosen, timed)] if chosen != "fp32" else [])):
-        print(f"{name:<12}{timing.step_s:>10.3f}{timing.episode_s:>12.3f}{3600 / timing.episode_s:>12.0f}")
-    print(f"speed-up of {chosen} over fp32: {result['speedup']:.2f}x")
+    print(f"case {case.case_id}, config {args.config} ({config.inner_steps} inner steps per episode), device "
+          f"{device}, torch {torch.__version__} with {torch.get_num_threads()} threads; medians over "
+          f"{args.episodes} step(s) after one warm-up step")
+    print(f"{'precision':<12}{'batch':>6}{'step s':>10}{'episode s':>12}{'episodes/h':>12}")
+    rows = [("fp32", 1, fp32), *([(chosen, 1, timed)] if chosen != "fp32" else []),
+            *([(chosen, args.meta_batch, batched)] if batched is not None else [])]
+    for name, batch, timing in rows:
+        print(f"{name:<12}{batch:>6}{timing.step_s:>10.3f}{timing.episode_s:>12.3f}{3600 / timing.episode_s:>12.0f}")
+    print(f"speed-up of {chosen} over fp32: {result['speedup']:.2f}x"
+          + ("" if batched is None else f"; batched ({args.meta_batch} episodes per step) over fp32: "
+                                        f"{fp32.episode_s / batched.episode_s:.2f}x"))
     return 0
 
 
@@ -231,6 +248,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training config for --training (default: the bundled model's, Training/configs/meta.yaml)")
     parser.add_argument("--episodes", type=int, default=5, metavar="N",
                         help="timed episodes for --training, after one warm-up episode (default: 5)")
+    parser.add_argument("--meta-batch", type=int, default=1, metavar="B",
+                        help="with --training, also time B episodes per batched (vectorised) Reptile step")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -252,9 +271,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--device: {error}") from None
     precision = resolve_precision(args.precision, device)  # before any file is read
     if args.training:
-        if device.type != "cpu":
-            raise InputError("--training times the CPU engine; --device applies to the interactive benchmark")
-        return run_training(args, open_case(args.data, args.case))
+        return run_training(args, open_case(args.data, args.case), device)
     network, settings, _ = load_model(args.model)
     model_name = str(BUNDLED_MODEL if args.model is None else args.model)
     case = open_case(args.data, args.case)

@@ -63,6 +63,9 @@ class TrainConfig:
         seed: seeds the initial weights and, with the episode number, every episode (>= 0).
         episodes: episodes in the run (>= 1).
         inner_steps: Adam steps per Reptile episode (>= 1; unused in conventional mode).
+        meta_batch: Reptile episodes per outer update, whose adapted weights are averaged (batched Reptile,
+            :mod:`.reptile`; >= 1, 1 is serial Reptile; meta mode only). It must divide ``checkpoint_every`` and
+            ``episodes``, and under ``torchrun`` be a multiple of the number of ranks, which share it.
         inner_learning_rate: Adam step size of the inner steps (and of the conventional optimiser) (> 0).
         beta_meta_start, beta_meta_end: the Reptile step size at the first and the last episode (0..1).
         f_min, f_max: the range of the number of random sagittal frames of an episode (1 <= f_min <= f_max).
@@ -92,6 +95,7 @@ class TrainConfig:
     checkpoint_every: PositiveInt = 25
     validate_every: NonNegativeInt = 250
     validate_cases: PositiveInt = 12
+    meta_batch: PositiveInt = 1
     threads: NonNegativeInt = 0
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
     network: NetworkConfig = dataclasses.field(default_factory=NetworkConfig)
@@ -105,6 +109,19 @@ class TrainConfig:
         if f_min is not None and f_max < f_min:
             raise PydanticCustomError("frame_range", "must be at least f_min ({f_min})", {"f_min": f_min})
         return f_max
+
+    @field_validator("meta_batch")
+    @classmethod
+    def _whole_batches(cls, batch: int, info: ValidationInfo) -> int:
+        if batch > 1 and info.data.get("mode") == "conventional":
+            raise PydanticCustomError("meta_batch_mode", "must be 1 in conventional mode (batched Reptile is meta "
+                                      "mode's)")
+        for name in ("episodes", "checkpoint_every"):
+            value = info.data.get(name)
+            if value is not None and value % batch:
+                raise PydanticCustomError("whole_batches", "must divide {name} ({value})",
+                                          {"name": name, "value": value})
+        return batch
 
     @field_validator("validate_every")
     @classmethod

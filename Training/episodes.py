@@ -18,9 +18,9 @@ from MetaRegistrationLib.sweep import random_frame_positions, rasterise_position
 from .config import AugmentationConfig, TrainConfig
 
 
-def _batched(array: np.ndarray) -> torch.Tensor:
-    """A (C, k, j, i) array as a float32 tensor (1, C, k, j, i)."""
-    return torch.as_tensor(np.ascontiguousarray(array)[None], dtype=torch.float32)
+def _batched(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A (C, k, j, i) array as a float32 tensor (1, C, k, j, i) on ``device``."""
+    return torch.as_tensor(np.ascontiguousarray(array)[None], dtype=torch.float32, device=device)
 
 
 def augmented_grid(grid: Grid, centre: np.ndarray, rng: np.random.Generator, config: AugmentationConfig) -> Grid:
@@ -46,13 +46,16 @@ def augmented_grid(grid: Grid, centre: np.ndarray, rng: np.random.Generator, con
 
 
 class EpisodeSampler:
-    """Draws training episodes: a case, an augmented MR pose and a random frame set."""
+    """Draws training episodes: a case, an augmented MR pose and a random frame set, as tensors on ``device``
+    (each case's volumes are moved there once)."""
 
-    def __init__(self, cases: list[Case], config: TrainConfig):
+    def __init__(self, cases: list[Case], config: TrainConfig, device: torch.device = torch.device("cpu")):
         self.cases = cases
         self.config = config
-        self._tensors = [(_batched(c.moving_image.array), _batched(c.moving_labels.array),
-                          _batched(c.fixed_image.array), _batched(c.fixed_labels.array)) for c in cases]
+        self.device = device
+        self._tensors = [(_batched(c.moving_image.array, device), _batched(c.moving_labels.array, device),
+                          _batched(c.fixed_image.array, device), _batched(c.fixed_labels.array, device))
+                         for c in cases]
 
     def problem(self, episode: int) -> tuple[RegistrationProblem, str]:
         """The registration problem of an episode and its case's ID, reproducible from (seed, episode).
@@ -75,7 +78,7 @@ class EpisodeSampler:
             positions = random_frame_positions(fixed_gland, rng, self.config.f_min, self.config.f_max)
             image, gland, mask = rasterise_positions(case.fixed_image, fixed_gland, positions)
         initial = frames_gland_alignment(moving_gland, moving_grid, gland, mask, case.fixed_image.grid)
-        as_input = lambda a: torch.as_tensor(a[None, None])  # noqa: E731
+        as_input = lambda a: torch.as_tensor(a[None, None], device=self.device)  # noqa: E731
         # The loss sees the full labels (every channel, every voxel): the stronger
         # supervision meta-training can afford and test time cannot.
         return build_problem(moving_image, moving_labels, moving_grid, case.fixed_image.grid, initial,

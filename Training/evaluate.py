@@ -21,7 +21,7 @@ from MetaRegistrationLib.errors import InputError
 from MetaRegistrationLib.evaluation import SUMMARY_COLUMNS, evaluate_cases, summarise, to_csv
 from MetaRegistrationLib.files import check_output_folder
 from MetaRegistrationLib.models import load_model, training_domain
-from MetaRegistrationLib.devices import torch_device
+from MetaRegistrationLib.devices import DEVICE_NAMES, torch_device
 from MetaRegistrationLib.precision import PRECISIONS, resolve_precision
 from MetaRegistrationLib.registration import METHODS, get_method
 from MetaRegistrationLib.report import OUTPUT_FILES, write_evaluation
@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"bending_weight=100, learning_rate=0.002; NAME one of {', '.join(ADAPTATION_FIELDS)}")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="the network's arithmetic (default: %(default)s: bf16 where the hardware has it)")
+    parser.add_argument("--device", default="cpu",
+                        help=f"where the network runs: {', '.join(DEVICE_NAMES)} or cuda:N (default: %(default)s)")
     parser.add_argument("--label", help="name of the method in the tables (default: --method), e.g. for another --model")
     add_output_arguments(parser, "output folder")
 
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if args.frames and not method.sweep:
         raise InputError(f"--frames: method {args.method!r} registers the whole TRUS volume; frame counts apply to "
                          "sweep methods")
-    resolve_precision(args.precision, torch_device("cpu"))  # bf16 on hardware without it fails before any work
+    device = torch_device(args.device)  # a device or bf16 this machine lacks fails before any work
+    resolve_precision(args.precision, device)
     check_output_folder(args.out, args.overwrite, protected=(args.data,))
     model = None
     if args.model is not None or overrides:
@@ -75,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update()
 
         rows = evaluate_cases(dataset, case_ids, args.method, args.frames, model, progress=advance, label=args.label,
-                              precision=args.precision)
+                              precision=args.precision, device=device)
     summary = summarise(rows)
     command = "metareg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     write_evaluation(args.out, rows, summary, command, args.data)

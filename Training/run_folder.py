@@ -100,9 +100,13 @@ def git_commit() -> str:
     return commit + ("-dirty" if dirty else "")
 
 
-def hardware() -> str:
-    """The device training runs on, in words."""
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU"
+def hardware(device: torch.device = torch.device("cpu"), ranks: int = 1) -> str:
+    """The device training runs on (and how many ranks ran it), in words."""
+    if device.type == "cuda":
+        where = f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
+    else:
+        where = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU"
+    return where + (f", {ranks} ranks (torchrun)" if ranks > 1 else "")
 
 
 def optimizer_state_path(checkpoint: Path) -> Path:

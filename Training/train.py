@@ -14,15 +14,22 @@ Modes (:mod:`.reptile`):
 ``bundle`` (:mod:`.bundling`) evaluates a run's checkpoint on the val split and writes it as a model with its card.
 A user error is one line, ``metareg-train: error: ...``, with exit status 2; Ctrl-C exits with 130 and says how
 to resume.
+
+Devices and scale: ``--device cuda`` (or ``auto``) trains on a GPU; ``meta_batch`` in the config runs several
+Reptile episodes per outer step in parallel; ``torchrun --nproc-per-node N -m Training.train meta ...`` shares each
+batch between N ranks (:mod:`.distributed`; README, "Training at scale"). ``--time-limit`` checkpoints and stops
+after a number of minutes, for a machine lent for a fixed time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+from MetaRegistrationLib.devices import DEVICE_NAMES
 from MetaRegistrationLib.errors import InputError, MetaRegistrationError, OneLineArgumentParser
 
 from .bundling import bundle
@@ -40,8 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     for mode in MODES:
         sub = commands.add_parser(mode, help=f"train in {mode} mode (the config's mode must match)")
         sub.add_argument("--config", type=Path, help="YAML config (with --resume: optional, must match the run's)")
-        sub.add_argument("--run", type=Path, required=True, help="run folder")
+        sub.add_argument("--run", "--run-folder", dest="run", type=Path, required=True,
+                         help="run folder (under torchrun write --run-folder: torchrun takes --run for its --run-path)")
         sub.add_argument("--resume", action="store_true", help="continue the run in --run from its latest checkpoint")
+        sub.add_argument("--device", default="auto",
+                         help=f"where to train: {', '.join(DEVICE_NAMES)} or cuda:N (default: %(default)s, a GPU "
+                              "when torch sees one)")
+        sub.add_argument("--time-limit", type=_minutes, metavar="MINUTES",
+                         help="checkpoint and stop after this many minutes (resume later with --resume)")
     sub = commands.add_parser("bundle", help="evaluate a run's checkpoint on val and write it as a model with its card")
     sub.add_argument("--run", type=Path, required=True, help="run folder")
     sub.add_argument("--checkpoint", default="latest", help="checkpoint name in the run folder (default: latest)")
@@ -74,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.config)
         if config.mode != args.command:
             raise InputError(f"{args.config or run.config_path}: mode is {config.mode!r}, not {args.command!r}")
-        final = train(config, run, resume=args.resume)
+        final = train(config, run, resume=args.resume, device=args.device,
+                      time_limit_s=None if args.time_limit is None else args.time_limit * 60)
     except MetaRegistrationError as error:
         print(f"metareg-train: error: {error}", file=sys.stderr)
         return 2
@@ -84,8 +98,20 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("metareg-train: interrupted before the run started; nothing was written", file=sys.stderr)
         return INTERRUPTED
-    print(f"trained model: {final}.safetensors + {final}.json")
+    if final is not None and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 says it
+        print(f"trained model: {final}.safetensors + {final}.json")
     return 0
+
+
+def _minutes(text: str) -> float:
+    """A ``--time-limit``: a positive number of minutes."""
+    try:
+        minutes = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of minutes: {text!r}") from None
+    if not minutes > 0 or minutes == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text!r}")
+    return minutes
 
 
 if __name__ == "__main__":

@@ -452,6 +452,26 @@ def markupsFromPoints(scene, points: dict[str, np.ndarray], name: str):
 # --- a whole case ------------------------------------------------------------------------------------------------
 
 
+def headlessScene() -> tuple:
+    """A new MRML scene set up as 3D Slicer sets up its own, for ``slicer-core`` without the application
+    (benchmarks, tests): the application logic and the module logics this module relies on (segmentations, whose
+    creation registers the segmentation converter rules, transforms, markups).
+
+    Returns:
+        ``(scene, logics)``: keep ``logics`` referenced as long as the scene is used.
+    """
+    scene = slicer.vtkMRMLScene()
+    application = slicer.vtkMRMLApplicationLogic()
+    application.SetMRMLScene(scene)
+    logics = [application, slicer.vtkSlicerSegmentationsModuleLogic(), slicer.vtkSlicerTransformLogic(),
+              slicer.vtkSlicerMarkupsLogic()]
+    for logic in logics[1:]:
+        logic.SetMRMLApplicationLogic(application)
+        logic.SetMRMLScene(scene)
+    return scene, logics
+
+
+
 def caseNodes(scene, case) -> dict:
     """New nodes holding a library ``Case`` as a clinician would have it (simulations, the web app, tests).
 

@@ -11,6 +11,7 @@ import torch
 from MetaRegistrationLib.geometry import Grid, warp
 from MetaRegistrationLib.losses import soft_dice_loss
 from MetaRegistrationLib.network import INPUT_CHANNELS, NetworkConfig, RegistrationNet, make_inputs
+from MetaRegistrationLib.precision import bf16_supported
 
 SHAPE = (13, 18, 15)  # (k, j, i): odd sizes, so padding and cropping are exercised
 
@@ -147,3 +148,25 @@ def test_make_inputs_rejects_mismatched_shapes():
         make_inputs(good, good, good, good, torch.rand(1, 1, 13, 18, 14))
     with pytest.raises(ValueError, match="acquired_mask must be"):
         make_inputs(good, good, torch.rand(1, 2, *SHAPE), good, good)
+
+
+@pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="this CPU has no fast bf16")
+def test_bf16_gradients_of_a_small_input_repeat_exactly_and_follow_fp32():
+    """An input of 17 voxels along k (its deepest level would be 2 voxels deep without MIN_DEEPEST_SIZE) has the
+    same bf16 gradient at every backward pass, close to the fp32 one: torch 2.13's bf16 convolution weight
+    gradient on the CPU is garbage at a depth of 2."""
+    torch.manual_seed(0)
+    net = RegistrationNet()
+    inputs = torch.rand(1, 5, 17, 40, 40)
+
+    def gradient(precision: str) -> torch.Tensor:
+        net.precision = precision
+        net.zero_grad()
+        (net(inputs) ** 2).sum().backward()
+        return torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+
+    first = gradient("bf16")
+    for _ in range(3):
+        assert torch.equal(gradient("bf16"), first)
+    reference = gradient("fp32")
+    assert float((first - reference).norm() / reference.norm()) < 0.05

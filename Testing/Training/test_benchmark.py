@@ -134,12 +134,14 @@ def test_training_benchmark_times_fp32_and_the_chosen_precision_on_the_same_epis
     timed = []
     real = benchmark.time_training
     monkeypatch.setattr(benchmark, "time_training",
-                        lambda case, cfg, episodes, precision: timed.append(precision) or real(case, cfg, episodes,
-                                                                                              precision))
+                        lambda case, cfg, episodes, precision, device, batch=1:
+                        timed.append((precision, batch)) or real(case, cfg, episodes, precision, device, batch))
     assert benchmark.run(parse("--training", "--config", str(config), "--episodes", "2", "--precision", "bf16"
-                               if bf16_supported(torch.device("cpu")) else "fp32", "--json")) == 0
+                               if bf16_supported(torch.device("cpu")) else "fp32", "--meta-batch", "2",
+                               "--json")) == 0
     result = json.loads(capsys.readouterr().out)
-    assert timed[0] == "fp32" and timed[-1] == result["precision"]
+    assert timed[0] == ("fp32", 1) and timed[-1] == (result["precision"], 2)
+    assert result["meta_batch"] == 2 and 0 < result["batched_episode_s"] < 60
     assert result["inner_steps"] == 2 and result["episodes"] == 2
     for key in ("fp32_episode_s", "episode_s", "fp32_step_s", "step_s"):
         assert 0 < result[key] < 60
