@@ -38,6 +38,7 @@ from .devices import torch_device
 from .precision import resolve_precision
 from .errors import InputError, MetaRegistrationError
 from .geometry import Grid, Transform, apply_affine, sample, warp
+from .landmarks import corrected
 from .losses import LossTerms, registration_loss_terms, target_scale_space
 from .network import RegistrationNet, make_inputs
 from .settings import AdaptationSettings
@@ -452,7 +453,8 @@ class AdaptationSession:
                             predict_seconds, cancelled, status)
 
     def predict(self) -> Transform:
-        """The registration from the current network and everything acquired so far.
+        """The registration from the current network and everything acquired so far: the network's field,
+        corrected to honour the landmark pairs given (``settings.landmark_radius_mm``, :mod:`.landmarks`).
 
         Raises:
             InputError: before the second frame has been acquired.
@@ -463,7 +465,11 @@ class AdaptationSession:
             self._problem, _ = self._build()
         with torch.inference_mode():
             displacement = self.model(self._problem.inputs)[0].double().cpu().numpy()
-        return Transform(self._problem.initial.double().cpu().numpy(), displacement, self.fixed_grid)
+        transform = Transform(self._problem.initial.double().cpu().numpy(), displacement, self.fixed_grid)
+        if len(self._landmarks_fixed) and self.settings.landmark_radius_mm > 0:
+            transform, _ = corrected(transform, self._landmarks_fixed, self._landmarks_moving,
+                                     self.settings.landmark_radius_mm)
+        return transform
 
 
 def _check_settings(settings: AdaptationSettings) -> None:

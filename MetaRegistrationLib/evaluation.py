@@ -7,6 +7,7 @@ files they write come from :mod:`.report`.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 from collections.abc import Callable, Sequence
@@ -17,11 +18,14 @@ import torch
 
 from .data import Case, Dataset
 from .errors import naming_the_case
-from .metrics import evaluate_transform, landmark_centroids, measure
+from .landmarks import corrected
+from .metrics import evaluate_transform, folding_percent, landmark_centroids, point_errors, rms
 from .models import ModelSource, resolve_model
 from .registration import SWEEP_FRAMES, get_method, run_method, run_sweep, sweep_frames, sweep_session
 
-PAIR_COLUMNS = ("case", "pairs", "held_out", "frames", "tre_frames_mm", "tre_pairs_mm", "seconds")
+PAIR_COLUMNS = ("case", "pairs", "radius_mm", "held_out", "frames", "tre_frames_mm", "tre_pairs_mm", "residual_mm",
+                "fold_pct", "seconds")
+LANDMARK_COLUMNS = ("case", "pairs", "radius_mm", "landmark", "distance_to_pair_mm", "tre_frames_mm", "tre_pairs_mm")
 CASE_COLUMNS = ("case", "method", "frames", "updates", "tre_mm", "dsc", "fold_pct", "seconds")
 SUMMARY_COLUMNS = ("method", "frames", "n", "median_tre_mm", "mean_tre_mm", "sd_tre_mm", "mean_dsc", "sd_dsc")
 
@@ -85,60 +89,94 @@ def evaluate_cases(dataset: Dataset, case_ids: Sequence[str], method: str, frame
 
 @dataclass
 class PairRow:
-    """The annotation scenario on one case: TRE on the held-out landmarks after the sweep, and after ``pairs``
-    landmark pairs were added (``seconds``: the last pair's interaction)."""
+    """The annotation scenario on one case: TRE (RMS) on the held-out landmarks after the sweep, and after
+    ``pairs`` landmark pairs were added with the local correction of ``radius_mm`` (0: the network alone);
+    ``residual_mm``: the median of the given pairs' ``|phi(p_TRUS) - p_MR|`` afterwards; ``fold_pct``: folding of
+    the registration afterwards; ``seconds``: the last pair's interaction."""
 
     case: str
     pairs: int
+    radius_mm: float
     held_out: int
     frames: int
     tre_frames_mm: float
     tre_pairs_mm: float
+    residual_mm: float
+    fold_pct: float
     seconds: float
 
 
+@dataclass
+class LandmarkRow:
+    """One held-out landmark of a :class:`PairRow`: its own error (mm) before and after the pairs, and its distance
+    on the TRUS to the nearest given pair (``landmark``: its label channel)."""
+
+    case: str
+    pairs: int
+    radius_mm: float
+    landmark: int
+    distance_to_pair_mm: float
+    tre_frames_mm: float
+    tre_pairs_mm: float
+
+
 def evaluate_landmark_pairs(dataset: Dataset, case_ids: Sequence[str], pair_counts: Sequence[int] = (1,),
-                            model: ModelSource = None, frames: int = SWEEP_FRAMES,
-                            progress: Callable[[str], None] | None = None) -> list[PairRow]:
+                            model: ModelSource = None, frames: int = SWEEP_FRAMES, radii: Sequence[float] = (),
+                            progress: Callable[[str], None] | None = None
+                            ) -> tuple[list[PairRow], list[LandmarkRow]]:
     """What clinician landmark pairs buy after a sweep of ``frames`` frames (``method`` "meta").
 
     The clinician adds pairs one at a time, each an interaction: here the centroids of the case's landmark labels
-    1, 2, ... in order. TRE (RMS) is measured on the landmarks not given, before and after the pairs, so a pair is
+    1, 2, ... in order. TRE is measured on the landmarks not given, before and after the pairs, so a pair is
     never scored on itself. A case is left out of a pair count that leaves no landmark to hold out.
+
+    ``radii`` (mm) are the local corrections to measure (0: none), by default the model's
+    ``landmark_radius_mm``. They are measured from one session: the session runs without the correction (which
+    changes nothing the network does) and each radius corrects the network's registration as the session's own
+    prediction would (:func:`.landmarks.corrected`).
     """
     counts = sorted(set(pair_counts))
     if not counts or counts[0] < 1:
         raise ValueError(f"pair counts must be >= 1, got {list(pair_counts)}")
-    if model is not None:
-        model = resolve_model(model)
-    rows = []
+    model = resolve_model(model)
+    radii = list(radii) or [model.settings.landmark_radius_mm]
+    network_only = model._replace(settings=dataclasses.replace(model.settings, landmark_radius_mm=0.0))
+    pairs, landmarks = [], []
     for case_id in case_ids:
         with naming_the_case(case_id):
-            rows += _landmark_pairs_of(dataset.load(case_id), counts, model, frames)
+            case_pairs, case_landmarks = _landmark_pairs_of(dataset.load(case_id), counts, network_only, frames, radii)
+        pairs += case_pairs
+        landmarks += case_landmarks
         if progress is not None:
             progress(case_id)
-    return rows
+    return pairs, landmarks
 
 
-def _landmark_pairs_of(case: Case, counts: Sequence[int], model: ModelSource, frames: int) -> list[PairRow]:
+def _landmark_pairs_of(case: Case, counts: Sequence[int], model: ModelSource, frames: int, radii: Sequence[float]
+                       ) -> tuple[list[PairRow], list[LandmarkRow]]:
     moving, fixed = landmark_centroids(case.moving_labels), landmark_centroids(case.fixed_labels)
     session = sweep_session(case, model)
-    after_sweep = list(run_sweep(session, sweep_frames(case, frames)))[-1]
-
-    def held_out_tre(transform, count: int) -> float:
-        return measure(transform, case.fixed_image.grid, fixed_points=fixed[count:], moving_points=moving[count:],
-                       regularity=False).tre_mm
-
-    rows, given = [], 0
+    after_sweep = list(run_sweep(session, sweep_frames(case, frames)))[-1].transform
+    before = point_errors(after_sweep, fixed, moving)
+    pairs, landmarks, given = [], [], 0
     for count in counts:
         if count >= len(fixed):
             break
         while given < count:
             result = session.add_landmarks(moving[given][None], fixed[given][None])
             given += 1
-        rows.append(PairRow(case.case_id, count, len(fixed) - count, frames, held_out_tre(after_sweep.transform, count),
-                            held_out_tre(result.transform, count), result.seconds))
-    return rows
+        distances = np.linalg.norm(fixed[count:, None] - fixed[None, :count], axis=-1).min(axis=1)
+        for radius in radii:
+            transform = corrected(result.transform, fixed[:count], moving[:count], radius)[0] if radius > 0 \
+                else result.transform
+            after = point_errors(transform, fixed, moving)
+            pairs.append(PairRow(case.case_id, count, radius, len(fixed) - count, frames, rms(before[count:]),
+                                 rms(after[count:]), float(np.median(after[:count])),
+                                 folding_percent(transform, case.fixed_image.grid), result.seconds))
+            landmarks += [LandmarkRow(case.case_id, count, radius, count + 1 + n, float(distance),
+                                      float(before[count + n]), float(after[count + n]))
+                          for n, distance in enumerate(distances)]
+    return pairs, landmarks
 
 
 def _sd(values: np.ndarray) -> float:

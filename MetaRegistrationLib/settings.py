@@ -39,13 +39,17 @@ class AdaptationSettings:
         updates_per_interaction: gradient steps run by each ``add_frames`` / ``add_landmarks`` call (>= 0; 0 runs
             the network without adapting it).
         bending_weight: weight of the bending energy (mm**-2) against the Dice term (>= 0).
-        landmark_weight: weight of the mean squared landmark-pair distance (mm**2) (>= 0).
+        landmark_weight: weight of the mean squared landmark-pair distance (mm**2) in the gradient steps (>= 0).
+        landmark_radius_mm: radius of the local Gaussian correction that makes the registration honour the
+            landmark pairs (:mod:`.landmarks`), or 0 for none (>= 0). 20 mm was chosen by a 5-fold choice on the
+            train split (docs/RESULTS.md, issue 11); models saved without it get it.
     """
 
     learning_rate: PositiveFloat = 1e-3
     updates_per_interaction: NonNegativeInt = 1
     bending_weight: NonNegativeFloat = 1.0
     landmark_weight: NonNegativeFloat = 0.01
+    landmark_radius_mm: NonNegativeFloat = 20.0
 
 
 def describe_validation_error(error: ValidationError, prefix: str = "") -> str:

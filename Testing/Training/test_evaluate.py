@@ -145,7 +145,7 @@ def test_landmark_pairs_are_scored_on_held_out_landmarks_only(synthetic_dataset,
 
     from MetaRegistrationLib.settings import AdaptationSettings
     from MetaRegistrationLib.data import Dataset
-    from MetaRegistrationLib.evaluation import PAIR_COLUMNS, evaluate_cases
+    from MetaRegistrationLib.evaluation import LANDMARK_COLUMNS, PAIR_COLUMNS, evaluate_cases
     from MetaRegistrationLib.models import save_model
     from MetaRegistrationLib.network import NetworkConfig, RegistrationNet
 
@@ -165,7 +165,28 @@ def test_landmark_pairs_are_scored_on_held_out_landmarks_only(synthetic_dataset,
     sweep = evaluate_cases(Dataset(synthetic_dataset), ["a"], "meta", [3], model)[0]
     assert float(rows[0]["tre_frames_mm"]) == pytest.approx(sweep.landmark_errors_mm[1], abs=1e-4)
     assert float(rows[0]["tre_pairs_mm"]) != pytest.approx(float(rows[0]["tre_frames_mm"]), abs=1e-6)
+    landmarks = read_csv(out / "pairs_landmarks.csv")
+    assert list(landmarks[0]) == list(LANDMARK_COLUMNS)
+    assert [(row["case"], row["landmark"]) for row in landmarks] == [("a", "2"), ("b", "2")]
+    assert float(landmarks[0]["tre_frames_mm"]) == pytest.approx(sweep.landmark_errors_mm[1], abs=1e-4)
+    assert (out / "pairs_distance.png").stat().st_size > 0
     assert main(["pairs", "--data", str(synthetic_dataset), "--frames", "1", "--out", str(out)]) == 2
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_pair_radii_are_compared_on_the_same_sessions(synthetic_dataset, tiny_model, tmp_path, capsys):
+    """``--radius 0,8``: the network alone and the local correction, from one session per case; the correction
+    brings the given pair's residual under 0.1 mm, and the far landmarks' rows are the same with both."""
+    out = tmp_path / "radii"
+    assert main(["pairs", "--data", str(synthetic_dataset), "--radius", "0,8", "--frames", "3", "--folds", "2",
+                 "--model", str(tiny_model), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2-fold choice of the radius" in printed
+    rows = read_csv(out / "pairs.csv")
+    assert [(row["case"], float(row["radius_mm"])) for row in rows] == [("a", 0), ("a", 8), ("b", 0), ("b", 8)]
+    network, correction = rows[0], rows[1]
+    assert network["tre_frames_mm"] == correction["tre_frames_mm"]
+    assert float(correction["residual_mm"]) < min(0.1, float(network["residual_mm"]))
 
 
 @pytest.mark.usefixtures("one_torch_thread")
