@@ -13,7 +13,6 @@ may not import a front end (README, "Layout").
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
