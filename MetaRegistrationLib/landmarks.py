@@ -84,8 +84,9 @@ def corrected(transform: Transform, fixed_points: np.ndarray, moving_points: np.
         candidate = Transform(transform.initial, transform.displacement + np.moveaxis(change, -1, 0), grid)
         if radius * WIDENING > radius_mm * MAX_WIDENING:
             return candidate, radius
-        if folding is None:
+        candidate_folding = folding_percent(candidate, grid)
+        if candidate_folding > 0 and folding is None:  # phi's own folding, only when the candidate folds
             folding = folding_percent(transform, grid)
-        if folding_percent(candidate, grid) <= folding:
+        if candidate_folding == 0 or candidate_folding <= folding:
             return candidate, radius
         radius *= WIDENING

@@ -133,13 +133,14 @@ def _train(config: TrainConfig, run: RunFolder, resume: bool, device: torch.devi
         run.forget_after(done, start)
         if start is not None and config.validation_due(done) and not run.validated_at(done):
             _validate_and_log(run, config, dataset, val_ids, start.checkpoint, done, device)
-    checkpoint = None
+    checkpoint, stop = None, False
     with tqdm(range(done, config.episodes), initial=done, total=config.episodes, desc=f"{config.mode} training",
               file=sys.stderr, disable=not world.main) as bar:
         for first in range(done, config.episodes, config.meta_batch):
             torch.manual_seed(config.seed * TORCH_SEED_STRIDE + first)
             tick = time.perf_counter()
-            drawn = [sampler.problem(episode) for episode in world.share(first, config.meta_batch)]
+            mine = world.share(first, config.meta_batch)
+            drawn = [sampler.problem(episode) for episode in mine]
             problems = [problem for problem, _ in drawn]
             if optimizer is None:
                 beta = beta_meta(config, first)
@@ -149,29 +150,23 @@ def _train(config: TrainConfig, run: RunFolder, resume: bool, device: torch.devi
             else:
                 beta, losses = float("nan"), [adaptation_step(model, optimizer, problems[0], config.adaptation)]
             elapsed += time.perf_counter() - tick
-            rows = [row for rank_rows in world.gather(list(zip(world.share(first, config.meta_batch),
-                                                                [case_id for _, case_id in drawn], losses)))
+            rows = [row for rank_rows in world.gather(list(zip(mine, [case_id for _, case_id in drawn], losses)))
                     for row in rank_rows]
             done = first + config.meta_batch
             stop = time_limit_s is not None and world.from_main(time.perf_counter() - clock_start > time_limit_s)
             bar.update(config.meta_batch)
-            if not world.main:
-                if stop:
-                    break
-                continue
-            for episode, case_id, loss in rows:
-                run.log_episode({"episode": episode, "case": case_id, "loss": f"{loss:.5f}",
-                                 "beta_meta": f"{beta:.5f}", "wall_seconds": f"{elapsed:.1f}"})
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}", case=rows[-1][1])
-            if config.checkpoint_due(done) or (stop and done < config.episodes):
-                checkpoint = run.save_checkpoint(model, config.adaptation, {**provenance, "episodes_done": done,
-                                                 "wall_seconds": round(elapsed, 1)}, done, optimizer)
-            if config.validation_due(done):
-                _validate_and_log(run, config, dataset, val_ids, checkpoint, done, device)
-            if stop and done < config.episodes:
+            if world.main:
+                for episode, case_id, loss in rows:
+                    run.log_episode({"episode": episode, "case": case_id, "loss": f"{loss:.5f}",
+                                     "beta_meta": f"{beta:.5f}", "wall_seconds": f"{elapsed:.1f}"})
+                bar.set_postfix(loss=f"{np.mean(losses):.4f}", case=rows[-1][1])
+                if config.checkpoint_due(done) or stop:
+                    checkpoint = run.save_checkpoint(model, config.adaptation, {**provenance, "episodes_done": done,
+                                                     "wall_seconds": round(elapsed, 1)}, done, optimizer)
+                if config.validation_due(done):
+                    _validate_and_log(run, config, dataset, val_ids, checkpoint, done, device)
+            if stop:
                 break
-        else:
-            stop = False
     if world.size > 1:
         world.from_main(None)  # the other ranks wait here while rank 0 validates and saves
     if stop and done < config.episodes:

@@ -14,16 +14,12 @@ may not import a front end (README, "Layout").
 from __future__ import annotations
 
 import json
-import statistics
+from statistics import median
 import sys
 import time
 
 LOGIC_OVERHEAD_BUDGET_S = 0.05
 """What the Logic may add to the library's interaction (issue 10)."""
-
-
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def time_interactions(case, model, sweeps: int, precision: str) -> dict[str, list[float]]:
@@ -64,7 +60,8 @@ def time_interactions(case, model, sweeps: int, precision: str) -> dict[str, lis
 def main(argv: list[str] | None = None) -> int:
     from MetaRegistrationLib.errors import MetaRegistrationError, OneLineArgumentParser
 
-    parser = OneLineArgumentParser(prog="python -m MetaRegistrationSlicer.benchmark", description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(prog="python -m MetaRegistrationSlicer.benchmark",
+                                   description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="data set folder (default: the synthetic phantom)")
     parser.add_argument("--case", metavar="ID", help="case of --data (default: its first case)")
     parser.add_argument("--model", help="model stem (default: the bundled model)")
@@ -87,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     overhead = [logic - library for logic, library in zip(times["logic"], times["library"])]
     result = {"case": case.case_id, "threads": torch.get_num_threads(), "sweeps": args.sweeps,
-              "interactions": len(overhead), "library_interaction_median_s": _median(times["library"]),
-              "logic_interaction_median_s": _median(times["logic"]), "logic_overhead_median_s": _median(overhead),
-              "read_frame_median_s": _median(times["read"]), "outputs_median_s": _median(times["outputs"]),
+              "interactions": len(overhead), "library_interaction_median_s": median(times["library"]),
+              "logic_interaction_median_s": median(times["logic"]), "logic_overhead_median_s": median(overhead),
+              "read_frame_median_s": median(times["read"]), "outputs_median_s": median(times["outputs"]),
               "logic_overhead_budget_s": LOGIC_OVERHEAD_BUDGET_S}
     if args.json:
         print(json.dumps(result))
