@@ -214,8 +214,9 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.saveCsvButton.enabled = self.logic.evaluationTableNode is not None
 
     def _showReport(self, report) -> None:
-        """Status, timings, and the result on the TRUS at the first registration."""
+        """Status, quality, timings, and the result on the TRUS at the first registration."""
         self.ui.statusLabel.text = report.status
+        self._showQuality(report.quality)
         if report.registered:
             self.ui.timingsLabel.text = (f"alignment and inputs {report.preparationSeconds:.2f} s, "
                                          f"updates {report.updateSeconds:.2f} s, prediction "
@@ -231,6 +232,11 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.setSliceViewerLayers(background=p.fixedVolume, foreground=self.logic.outputVolumeNode,
                                              foregroundOpacity=0.5)
         self._updateButtons()
+
+    def _showQuality(self, quality) -> None:
+        """The update's quality signals on one line, red on a folding alarm; empty when nothing was registered."""
+        self.ui.qualityLabel.text = quality.describe() if quality is not None else ""
+        self.ui.qualityLabel.styleSheet = "color: red;" if quality is not None and quality.fold_alarm else ""
 
     def _ensureDependencies(self) -> bool:
         """Install what requirements.txt lists and is missing or too old, after one confirmation."""
@@ -414,7 +420,7 @@ class MetaRegistrationTest(ScriptedLoadableModuleTest):
         result = logic.evaluate(nodes["MR points"], nodes["TRUS points"], logic.outputTransformNode,
                                 nodes["MR segmentation"], nodes["TRUS segmentation"])
         self.assertAlmostEqual(result.dsc, after, places=6)
-        self.assertEqual(logic.evaluationTableNode.GetNumberOfRows(), len(result.labels) + 4)
+        self.assertEqual(logic.evaluationTableNode.GetNumberOfRows(), 2 * len(result.labels) + 5)
         path = os.path.join(tempfile.mkdtemp(), "evaluation.csv")
         logic.saveTableCsv(logic.evaluationTableNode, path)
         self.assertTrue(os.path.exists(path))

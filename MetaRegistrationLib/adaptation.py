@@ -3,7 +3,9 @@
 An :class:`AdaptationSession` starts from a (meta-learned) network and the MR
 with its gland label. Each interaction (new tracked frames, or clinician
 landmark pairs) runs a few gradient steps on what has been acquired so far and
-returns the updated registration. Meta-training (``Training.reptile``) runs the
+returns the updated registration; the steps continue from the weights the previous
+interaction left, or, with ``settings.restart``, start again from the initial network
+(order-independent: docs/RESULTS.md, issue 11, stability). Meta-training (``Training.reptile``) runs the
 same :func:`adaptation_step` on the same :class:`RegistrationProblem`, with full
 labels instead of the acquired frames.
 
@@ -41,6 +43,7 @@ from .geometry import Grid, Transform, apply_affine, sample, warp
 from .landmarks import corrected
 from .losses import LossTerms, registration_loss_terms, target_scale_space
 from .network import RegistrationNet, make_inputs
+from .quality import QualitySignals, quality_signals
 from .settings import AdaptationSettings
 from .sweep import Frame, rasterise_frames
 
@@ -166,6 +169,8 @@ class AdaptationResult:
         update_seconds: wall time of each gradient step of this interaction.
         preparation_seconds: wall time of the initial alignment and the network inputs.
         predict_seconds: wall time of the prediction.
+        quality: the update's quality signals (:mod:`.quality`), ``None`` before the first update.
+        quality_seconds: wall time of the quality signals (the spread's predictions included).
         cancelled: ``True`` if :meth:`AdaptationSession.cancel` stopped the steps early.
         status: a one-line summary for a GUI.
     """
@@ -176,13 +181,15 @@ class AdaptationResult:
     update_seconds: list[float] = field(default_factory=list)
     preparation_seconds: float = 0.0
     predict_seconds: float = 0.0
+    quality: QualitySignals | None = None
+    quality_seconds: float = 0.0
     cancelled: bool = False
     status: str = ""
 
     @property
     def seconds(self) -> float:
         """Total wall time of the interaction."""
-        return sum(self.update_seconds) + self.preparation_seconds + self.predict_seconds
+        return sum(self.update_seconds) + self.preparation_seconds + self.predict_seconds + self.quality_seconds
 
 
 @dataclass(frozen=True)
@@ -193,14 +200,13 @@ class SessionState:
 
     model: dict
     optimizer: dict
-    image_sum: np.ndarray
-    gland_sum: np.ndarray
-    hits: np.ndarray
+    groups: tuple
     frame_poses: tuple
     landmarks_moving: np.ndarray
     landmarks_fixed: np.ndarray
     updates: int
     problem: RegistrationProblem | None
+    registration: Transform | None
 
 
 def _cloned(value):
@@ -227,7 +233,9 @@ class AdaptationSession:
     """Registration of one MR to a TRUS sweep as it is acquired.
 
     Memory is bounded whatever the number of frames: acquired frames are written
-    into fixed-size accumulators on the TRUS grid, not kept.
+    into fixed-size accumulators on the TRUS grid, not kept: one per group of the
+    quality signals' jackknife (frame ``n`` goes to group ``n mod groups``), whose
+    sum is what the registration sees.
 
     Args:
         model: the initial network (copied; the caller's is never changed).
@@ -276,34 +284,39 @@ class AdaptationSession:
     def snapshot(self) -> SessionState:
         """The session's state now, for :meth:`restore` (a caller whose own step after an interaction fails, such
         as writing its outputs, restores the session to before that interaction)."""
-        return SessionState(_cloned(self.model.state_dict()), _cloned(self.optimizer.state_dict()),
-                            self._image_sum, self._gland_sum, self._hits, tuple(self.frame_poses),
-                            self._landmarks_moving, self._landmarks_fixed, self.updates, self._problem)
+        return SessionState(_cloned(self.model.state_dict()), _cloned(self.optimizer.state_dict()), self._groups,
+                            tuple(self.frame_poses), self._landmarks_moving, self._landmarks_fixed, self.updates,
+                            self._problem, self._registration)
 
     def restore(self, state: SessionState) -> None:
         """Return to a :meth:`snapshot` of this session (taken since its last :meth:`reset`)."""
         self.model.load_state_dict(state.model)
         # load_state_dict keeps the given tensors, which the next steps update in place: give it a copy.
         self.optimizer.load_state_dict(_cloned(state.optimizer))
-        self._image_sum, self._gland_sum, self._hits = state.image_sum, state.gland_sum, state.hits
+        self._groups = state.groups
         self.frame_poses = list(state.frame_poses)
         self._landmarks_moving, self._landmarks_fixed = state.landmarks_moving, state.landmarks_fixed
         self.updates = state.updates
         self._problem = state.problem
+        self._registration = state.registration
 
     def reset(self) -> None:
         """Forget every interaction and return to the initial network."""
         self.model = copy.deepcopy(self._initial_model)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.settings.learning_rate)
-        shape = self.fixed_grid.array_shape
-        self._image_sum = np.zeros(shape)
-        self._gland_sum = np.zeros(shape)
-        self._hits = np.zeros(shape)
+        self._restart()
+        # Per group: (image sum, gland sum, hits) on the TRUS grid, or None before its first frame.
+        self._groups: tuple = (None,) * max(1, self.settings.spread_groups)
         self.frame_poses: list[np.ndarray] = []
         self._landmarks_moving = np.zeros((0, 3))
         self._landmarks_fixed = np.zeros((0, 3))
         self.updates = 0
         self._problem: RegistrationProblem | None = None
+        self._registration: Transform | None = None  # the last update's, for the quality signals' change
+
+    def _restart(self) -> None:
+        """The initial network's weights and a fresh optimiser (the acquired frames and pairs are kept)."""
+        self.model.load_state_dict(self._initial_model.state_dict())
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.settings.learning_rate)
 
     def _clock(self) -> float:
         """Seconds for timing; waits for queued GPU work so that it is counted where it was issued."""
@@ -360,9 +373,12 @@ class AdaptationSession:
         try:
             # New arrays, never in place: a snapshot holds the old ones.
             for image, gland, mask, pose in rasterised:
-                self._image_sum = self._image_sum + image * mask
-                self._gland_sum = self._gland_sum + gland * mask
-                self._hits = self._hits + mask
+                groups = list(self._groups)
+                group = self.frame_count % len(groups)
+                added = (image * mask, gland * mask, mask)
+                groups[group] = added if groups[group] is None else tuple(
+                    total + new for total, new in zip(groups[group], added))
+                self._groups = tuple(groups)
                 self.frame_poses.append(pose)
             return self._interact()
         except BaseException:
@@ -403,16 +419,19 @@ class AdaptationSession:
             self.restore(state)
             raise
 
-    def _acquired(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        covered = self._hits > 0
-        divisor = np.maximum(self._hits, 1)
-        return ((self._image_sum / divisor).astype(np.float32), (self._gland_sum / divisor).astype(np.float32),
-                covered.astype(np.float32))
+    def _acquired(self, leave_out: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(image, gland, mask) (k, j, i) float32 of the frames acquired, but those of group ``leave_out``."""
+        kept = [group for n, group in enumerate(self._groups) if group is not None and n != leave_out]
+        image_sum, gland_sum, hits = (sum(parts) for parts in zip(*kept))
+        divisor = np.maximum(hits, 1)
+        return ((image_sum / divisor).astype(np.float32), (gland_sum / divisor).astype(np.float32),
+                (hits > 0).astype(np.float32))
 
-    def _build(self) -> tuple[RegistrationProblem, float]:
-        """The problem of everything acquired so far, and the seconds it took (alignment included)."""
+    def _build(self, leave_out: int | None = None) -> tuple[RegistrationProblem, float]:
+        """The problem of everything acquired so far (but frame group ``leave_out``), and the seconds it took
+        (alignment included)."""
         start = self._clock()
-        image, gland, mask = self._acquired()
+        image, gland, mask = self._acquired(leave_out)
         initial = self._fixed_alignment if self._fixed_alignment is not None else \
             frames_gland_alignment(self._moving_gland, self.moving_grid, gland, mask, self.fixed_grid)
         as_tensor = lambda a: torch.as_tensor(a[None, None], device=self.device)  # noqa: E731
@@ -429,6 +448,8 @@ class AdaptationSession:
             return AdaptationResult(None, self.frame_count, self.updates,
                                 status=f"{self.frame_count} frame acquired; the first update needs {F_MIN}")
         self._problem, preparation_seconds = self._build()
+        if self.settings.restart:
+            self._restart()
         step_seconds, cancelled = [], False
         for _ in range(self.settings.updates_per_interaction):
             if self._cancel.is_set():
@@ -447,10 +468,23 @@ class AdaptationSession:
         if not np.isfinite(transform.displacement).all():
             raise AdaptationError(f"the adaptation diverged: the displacement after update {self.updates} holds NaN "
                                   "or infinite values; the session is unchanged (lower the learning rate)")
+        start = self._clock()
+        quality = self._quality(transform)
+        quality_seconds = self._clock() - start
+        self._registration = transform
         status = (f"{self.frame_count} frames, {len(self._landmarks_fixed)} landmark pairs, {self.updates} updates"
                   + (" (cancelled)" if cancelled else ""))
         return AdaptationResult(transform, self.frame_count, self.updates, step_seconds, preparation_seconds,
-                            predict_seconds, cancelled, status)
+                                predict_seconds, quality, quality_seconds, cancelled, status)
+
+    def _quality(self, transform: Transform) -> QualitySignals:
+        """The quality signals of a new registration (:mod:`.quality`): the spread's replicates leave out each
+        frame group in turn, when at least two groups hold frames."""
+        filled = [n for n, group in enumerate(self._groups) if group is not None]
+        replicates = [self._registration_of(self._build(leave_out=n)[0]) for n in filled] if len(filled) > 1 else []
+        _, gland, mask = self._acquired()
+        return quality_signals(transform, self._registration, replicates, self._moving_gland, self.moving_grid,
+                               gland, mask)
 
     def predict(self) -> Transform:
         """The registration from the current network and everything acquired so far: the network's field,
@@ -463,9 +497,13 @@ class AdaptationSession:
             if self.frame_count < F_MIN:
                 raise InputError(f"no registration yet: {self.frame_count} frame(s) acquired, {F_MIN} needed")
             self._problem, _ = self._build()
+        return self._registration_of(self._problem)
+
+    def _registration_of(self, problem: RegistrationProblem) -> Transform:
+        """The current network's registration of ``problem``, corrected to honour the landmark pairs."""
         with torch.inference_mode():
-            displacement = self.model(self._problem.inputs)[0].double().cpu().numpy()
-        transform = Transform(self._problem.initial.double().cpu().numpy(), displacement, self.fixed_grid)
+            displacement = self.model(problem.inputs)[0].double().cpu().numpy()
+        transform = Transform(problem.initial.double().cpu().numpy(), displacement, self.fixed_grid)
         if len(self._landmarks_fixed) and self.settings.landmark_radius_mm > 0:
             transform, _ = corrected(transform, self._landmarks_fixed, self._landmarks_moving,
                                      self.settings.landmark_radius_mm)

@@ -24,15 +24,18 @@ from .models import ModelSource, resolve_model
 from .registration import SWEEP_FRAMES, get_method, run_method, run_sweep, sweep_frames, sweep_session
 
 PAIR_COLUMNS = ("case", "pairs", "radius_mm", "held_out", "frames", "tre_frames_mm", "tre_pairs_mm", "residual_mm",
-                "fold_pct", "seconds")
+                "fold_pct", "seconds", "given_after_frames")
 LANDMARK_COLUMNS = ("case", "pairs", "radius_mm", "landmark", "distance_to_pair_mm", "tre_frames_mm", "tre_pairs_mm")
-CASE_COLUMNS = ("case", "method", "frames", "updates", "tre_mm", "dsc", "fold_pct", "seconds")
-SUMMARY_COLUMNS = ("method", "frames", "n", "median_tre_mm", "mean_tre_mm", "sd_tre_mm", "mean_dsc", "sd_dsc")
+CASE_COLUMNS = ("case", "method", "frames", "updates", "tre_mm", "dsc", "fold_pct", "seconds", "inverse_tre_mm")
+SUMMARY_COLUMNS = ("method", "frames", "n", "median_tre_mm", "mean_tre_mm", "sd_tre_mm", "mean_dsc", "sd_dsc",
+                   "median_inverse_tre_mm")
+"""``tre_mm``: the resampling direction ``|phi(c_f) - c_m|``; ``inverse_tre_mm``: the direction a user sees,
+``|phi^-1(c_m) - c_f|`` (:mod:`.metrics`)."""
 
 
 @dataclass
 class CaseRow:
-    """One case registered by one method at one evaluation point."""
+    """One case registered by one method at one evaluation point (TRE in both directions: :mod:`.metrics`)."""
 
     case: str
     method: str
@@ -44,6 +47,7 @@ class CaseRow:
     seconds: float
     hd95_mm: float
     landmark_errors_mm: tuple[float, ...]
+    inverse_tre_mm: float = float("nan")
 
 
 @dataclass
@@ -58,6 +62,7 @@ class SummaryRow:
     sd_tre_mm: float
     mean_dsc: float
     sd_dsc: float
+    median_inverse_tre_mm: float = float("nan")
 
 
 def evaluate_cases(dataset: Dataset, case_ids: Sequence[str], method: str, frame_counts: Sequence[int] = (),
@@ -81,7 +86,7 @@ def evaluate_cases(dataset: Dataset, case_ids: Sequence[str], method: str, frame
                 metrics = evaluate_transform(case, result.transform)
                 rows.append(CaseRow(case_id, label or method, result.frames, result.updates, metrics.tre_mm,
                                     metrics.dsc, metrics.fold_pct, result.seconds, metrics.hd95_mm,
-                                    tuple(float(e) for e in metrics.landmark_errors_mm)))
+                                    tuple(float(e) for e in metrics.landmark_errors_mm), metrics.inverse_tre_mm))
         if progress is not None:
             progress(case_id)
     return rows
@@ -89,10 +94,11 @@ def evaluate_cases(dataset: Dataset, case_ids: Sequence[str], method: str, frame
 
 @dataclass
 class PairRow:
-    """The annotation scenario on one case: TRE (RMS) on the held-out landmarks after the sweep, and after
-    ``pairs`` landmark pairs were added with the local correction of ``radius_mm`` (0: the network alone);
-    ``residual_mm``: the median of the given pairs' ``|phi(p_TRUS) - p_MR|`` afterwards; ``fold_pct``: folding of
-    the registration afterwards; ``seconds``: the last pair's interaction."""
+    """The annotation scenario on one case: TRE (RMS) on the held-out landmarks after the sweep of ``frames``
+    frames without pairs, and with ``pairs`` landmark pairs given after frame ``given_after_frames`` (0: before
+    the sweep; ``frames``: after it) and the local correction of ``radius_mm`` (0: the network alone);
+    ``residual_mm``: the median of the given pairs' ``|phi(p_TRUS) - p_MR|`` at the end; ``fold_pct``: folding of
+    the registration at the end; ``seconds``: the last interaction."""
 
     case: str
     pairs: int
@@ -104,6 +110,7 @@ class PairRow:
     residual_mm: float
     fold_pct: float
     seconds: float
+    given_after_frames: int
 
 
 @dataclass
@@ -122,13 +129,15 @@ class LandmarkRow:
 
 def evaluate_landmark_pairs(dataset: Dataset, case_ids: Sequence[str], pair_counts: Sequence[int] = (1,),
                             model: ModelSource = None, frames: int = SWEEP_FRAMES, radii: Sequence[float] = (),
-                            progress: Callable[[str], None] | None = None
+                            progress: Callable[[str], None] | None = None, given_after: int | None = None
                             ) -> tuple[list[PairRow], list[LandmarkRow]]:
-    """What clinician landmark pairs buy after a sweep of ``frames`` frames (``method`` "meta").
+    """What clinician landmark pairs buy in a sweep of ``frames`` frames (``method`` "meta").
 
     The clinician adds pairs one at a time, each an interaction: here the centroids of the case's landmark labels
-    1, 2, ... in order. TRE is measured on the landmarks not given, before and after the pairs, so a pair is
-    never scored on itself. A case is left out of a pair count that leaves no landmark to hold out.
+    1, 2, ... in order, after frame ``given_after`` of the sweep (0: before the first frame; the default,
+    ``frames``: after the sweep), and the sweep goes on. TRE is measured at the end on the landmarks not given,
+    against the same sweep without pairs, so a pair is never scored on itself. A case is left out of a pair count
+    that leaves no landmark to hold out.
 
     ``radii`` (mm) are the local corrections to measure (0: none), by default the model's
     ``landmark_radius_mm``. They are measured from one session: the session runs without the correction (which
@@ -138,13 +147,17 @@ def evaluate_landmark_pairs(dataset: Dataset, case_ids: Sequence[str], pair_coun
     counts = sorted(set(pair_counts))
     if not counts or counts[0] < 1:
         raise ValueError(f"pair counts must be >= 1, got {list(pair_counts)}")
+    given_after = frames if given_after is None else given_after
+    if not 0 <= given_after <= frames:
+        raise ValueError(f"pairs are given after 0 to {frames} frames, got {given_after}")
     model = resolve_model(model)
     radii = list(radii) or [model.settings.landmark_radius_mm]
     network_only = model._replace(settings=dataclasses.replace(model.settings, landmark_radius_mm=0.0))
     pairs, landmarks = [], []
     for case_id in case_ids:
         with naming_the_case(case_id):
-            case_pairs, case_landmarks = _landmark_pairs_of(dataset.load(case_id), counts, network_only, frames, radii)
+            case_pairs, case_landmarks = _landmark_pairs_of(dataset.load(case_id), counts, network_only, frames, radii,
+                                                            given_after)
         pairs += case_pairs
         landmarks += case_landmarks
         if progress is not None:
@@ -152,17 +165,20 @@ def evaluate_landmark_pairs(dataset: Dataset, case_ids: Sequence[str], pair_coun
     return pairs, landmarks
 
 
-def _landmark_pairs_of(case: Case, counts: Sequence[int], model: ModelSource, frames: int, radii: Sequence[float]
-                       ) -> tuple[list[PairRow], list[LandmarkRow]]:
+def _landmark_pairs_of(case: Case, counts: Sequence[int], model: ModelSource, frames: int, radii: Sequence[float],
+                       given_after: int) -> tuple[list[PairRow], list[LandmarkRow]]:
     moving, fixed = landmark_centroids(case.moving_labels), landmark_centroids(case.fixed_labels)
-    session = sweep_session(case, model)
-    after_sweep = list(run_sweep(session, sweep_frames(case, frames)))[-1].transform
+    sweep = sweep_frames(case, frames)
+    session = sweep_session(case, model, spread=False)
+    after_sweep = list(run_sweep(session, sweep))[-1].transform
     before = point_errors(after_sweep, fixed, moving)
     pairs, landmarks, given = [], [], 0
     for count in counts:
         if count >= len(fixed):
             break
-        while given < count:
+        if given_after < frames:  # a new sweep per count, the pairs coming part-way
+            result = _sweep_with_pairs(case, model, sweep, given_after, moving[:count], fixed[:count])
+        while given_after == frames and given < count:  # the same session goes on: one pair more at a time
             result = session.add_landmarks(moving[given][None], fixed[given][None])
             given += 1
         distances = np.linalg.norm(fixed[count:, None] - fixed[None, :count], axis=-1).min(axis=1)
@@ -172,11 +188,25 @@ def _landmark_pairs_of(case: Case, counts: Sequence[int], model: ModelSource, fr
             after = point_errors(transform, fixed, moving)
             pairs.append(PairRow(case.case_id, count, radius, len(fixed) - count, frames, rms(before[count:]),
                                  rms(after[count:]), float(np.median(after[:count])),
-                                 folding_percent(transform, case.fixed_image.grid), result.seconds))
+                                 folding_percent(transform, case.fixed_image.grid), result.seconds, given_after))
             landmarks += [LandmarkRow(case.case_id, count, radius, count + 1 + n, float(distance),
                                       float(before[count + n]), float(after[count + n]))
                           for n, distance in enumerate(distances)]
     return pairs, landmarks
+
+
+def _sweep_with_pairs(case: Case, model: ModelSource, sweep: Sequence, given_after: int, moving: np.ndarray,
+                      fixed: np.ndarray):
+    """The last result of a sweep whose pairs ``(moving, fixed)`` (N, 3) come one at a time after frame
+    ``given_after`` (< the sweep's length), each frame an interaction as in :func:`.registration.run_sweep`."""
+    session = sweep_session(case, model, spread=False)
+    for frame in sweep[:given_after]:
+        session.add_frames([frame])
+    for moving_point, fixed_point in zip(moving, fixed):
+        session.add_landmarks(moving_point[None], fixed_point[None])
+    for frame in sweep[given_after:]:
+        result = session.add_frames([frame])
+    return result
 
 
 def _sd(values: np.ndarray) -> float:
@@ -191,11 +221,13 @@ def summarise(rows: Sequence[CaseRow]) -> list[SummaryRow]:
     summary = []
     for (method, frames), members in groups.items():
         tre = np.array([r.tre_mm for r in members if not math.isnan(r.tre_mm)])
+        inverse = np.array([r.inverse_tre_mm for r in members if not math.isnan(r.inverse_tre_mm)])
         dsc = np.array([r.dsc for r in members])
         summary.append(SummaryRow(method, frames, len(members),
                                   float(np.median(tre)) if len(tre) else float("nan"),
                                   float(np.mean(tre)) if len(tre) else float("nan"), _sd(tre),
-                                  float(np.mean(dsc)), _sd(dsc)))
+                                  float(np.mean(dsc)), _sd(dsc),
+                                  float(np.median(inverse)) if len(inverse) else float("nan")))
     return summary
 
 

@@ -228,6 +228,27 @@ class Transform:
         points = np.asarray(points, dtype=float)
         return apply_affine(self.initial, points + self.displacement_at(points))
 
+    def inverse_map_points(self, points: np.ndarray, iterations: int = 100, tolerance_mm: float = 1e-6
+                           ) -> np.ndarray:
+        """``phi^-1`` at moving world points (..., 3): the fixed points ``x`` with ``phi(x) = p``.
+
+        Solved by the fixed-point iteration ``x <- A^-1 p - u(x)`` (each step a field lookup), which converges
+        wherever ``u`` changes by less than a millimetre per millimetre, i.e. where ``phi`` does not fold; it stops
+        when no point moves by more than ``tolerance_mm``. This is the direction a Slicer user sees with MR
+        points under the output transform (its "ToParent", which VTK inverts the same way, iteratively).
+        """
+        target = apply_affine(np.linalg.inv(self.initial), np.asarray(points, dtype=float))
+        if self.displacement is None:
+            return target
+        estimate = target.copy()
+        for _ in range(iterations):
+            updated = target - self.displacement_at(estimate)
+            moved = np.abs(updated - estimate).max(initial=0.0)
+            estimate = updated
+            if moved <= tolerance_mm:
+                break
+        return estimate
+
     def map_grid(self, fixed_grid: Grid) -> np.ndarray:
         """``phi`` at every voxel centre of ``fixed_grid``, shape (k, j, i, 3)."""
         points = fixed_grid.world_points()

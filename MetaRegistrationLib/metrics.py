@@ -7,7 +7,9 @@ Definitions (the ones the project reports everywhere):
 - TRE: for each landmark channel k >= 1, ``c_f`` is the intensity-weighted centroid
   of the TRUS blob (fixed world), ``c_m`` that of the matching MR blob (moving
   world); the error is ``|phi(c_f) - c_m|`` in mm. A case's TRE is the RMS over its
-  landmarks.
+  landmarks. This is the resampling direction; the *inverse TRE* is the same RMS of ``|phi^-1(c_m) - c_f|``,
+  the error a user sees with the MR landmarks put under the registration (``Transform.inverse_map_points``).
+  The two differ where ``phi`` stretches or compresses the tissue about a landmark.
 - Folding: % of fixed voxels where the Jacobian determinant of ``phi`` is <= 0.
 - HD95: 95th percentile symmetric Hausdorff distance (mm) between the warped MR
   gland and the TRUS gland, both thresholded at 0.5.
@@ -16,7 +18,7 @@ Definitions (the ones the project reports everywhere):
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from monai.metrics import compute_hausdorff_distance
@@ -43,6 +45,14 @@ def point_errors(transform: Transform, fixed_points: np.ndarray, moving_points: 
     fixed_points = np.asarray(fixed_points, dtype=float).reshape(-1, 3)
     return np.linalg.norm(transform.map_points(fixed_points) - np.asarray(moving_points, dtype=float).reshape(-1, 3),
                           axis=-1)
+
+
+def inverse_point_errors(transform: Transform, fixed_points: np.ndarray, moving_points: np.ndarray) -> np.ndarray:
+    """Errors ``|phi^-1(p_m) - p_f|`` in mm of paired world points, (N, 3) each: where the MR point lands on the
+    TRUS under the registration, against its TRUS partner."""
+    moving_points = np.asarray(moving_points, dtype=float).reshape(-1, 3)
+    return np.linalg.norm(transform.inverse_map_points(moving_points) - np.asarray(fixed_points, dtype=float)
+                          .reshape(-1, 3), axis=-1)
 
 
 def rms(errors: np.ndarray) -> float:
@@ -85,6 +95,7 @@ class CaseMetrics:
         tre_mm: RMS of ``landmark_errors_mm``. dsc: warped MR gland vs TRUS gland. fold_pct: % of TRUS voxels
         where ``phi`` folds. hd95_mm: 95th percentile Hausdorff distance of the glands.
         landmark_errors_mm: (N,) errors ``|phi(p_f) - p_m|`` of the point pairs, in their order.
+        inverse_landmark_errors_mm: (N,) errors ``|phi^-1(p_m) - p_f|``; inverse_tre_mm: their RMS.
     """
 
     tre_mm: float
@@ -92,6 +103,8 @@ class CaseMetrics:
     fold_pct: float
     hd95_mm: float
     landmark_errors_mm: np.ndarray
+    inverse_tre_mm: float = float("nan")
+    inverse_landmark_errors_mm: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def measure(transform: Transform, fixed_grid: Grid, *, moving_gland: np.ndarray | None = None,
@@ -109,7 +122,10 @@ def measure(transform: Transform, fixed_grid: Grid, *, moving_gland: np.ndarray 
         fixed_points, moving_points: (N, 3) paired world points (LPS mm): TRUS landmarks and the matching MR ones.
         regularity: compute folding and HD95 (the costly ones; NaN when False).
     """
-    errors = np.zeros(0) if fixed_points is None else point_errors(transform, fixed_points, moving_points)
+    errors = inverse = np.zeros(0)
+    if fixed_points is not None:
+        errors = point_errors(transform, fixed_points, moving_points)
+        inverse = inverse_point_errors(transform, fixed_points, moving_points)
     dsc = hd95_mm = float("nan")
     if moving_gland is not None and fixed_gland is not None:
         warped = resample(moving_gland, moving_grid, transform, fixed_grid) > 0.5
@@ -123,6 +139,8 @@ def measure(transform: Transform, fixed_grid: Grid, *, moving_gland: np.ndarray 
         fold_pct=folding_percent(transform, fixed_grid) if regularity else float("nan"),
         hd95_mm=hd95_mm,
         landmark_errors_mm=errors,
+        inverse_tre_mm=rms(inverse),
+        inverse_landmark_errors_mm=inverse,
     )
 
 

@@ -59,8 +59,9 @@ CaseRegistration = Callable[..., Iterator[MethodResult]]
 """``(case, frame_counts, model, precision="auto", device="cpu") -> results``; methods without a model ignore
 ``model``, ``precision`` and ``device``."""
 SessionFactory = Callable[..., AdaptationSession]
-"""``(model, moving_image, moving_labels, fixed_grid, device="cpu", precision="auto") -> session`` of a sweep
-method (the arguments of :class:`~.adaptation.AdaptationSession`)."""
+"""``(model, moving_image, moving_labels, fixed_grid, device="cpu", precision="auto", spread=True) -> session`` of a
+sweep method (the arguments of :class:`~.adaptation.AdaptationSession`; ``spread=False`` skips the quality signals'
+jackknife spread, which costs a prediction per frame group at every update)."""
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,13 @@ class Method:
 
     def start_session(self, moving_image: Volume, moving_labels: Volume, fixed_grid: Grid,
                       model: ModelSource = None, device: str | torch.device = "cpu",
-                      precision: str = "auto") -> AdaptationSession:
-        """An interactive session of this sweep method (the MR gland, channel 0 of ``moving_labels``, only)."""
+                      precision: str = "auto", spread: bool = True) -> AdaptationSession:
+        """An interactive session of this sweep method (the MR gland, channel 0 of ``moving_labels``, only);
+        ``spread=False``: no jackknife spread in the quality signals (:mod:`.quality`)."""
         if self.session is None:
             raise InputError(f"method {self.name!r} registers whole volumes; an interactive sweep needs one of "
                              f"{', '.join(name for name, method in METHODS.items() if method.sweep)}")
-        return self.session(model, moving_image, moving_labels, fixed_grid, device, precision)
+        return self.session(model, moving_image, moving_labels, fixed_grid, device, precision, spread)
 
 
 METHODS: dict[str, Method] = {}
@@ -167,10 +169,12 @@ def _untrained_model() -> Model:
 
 def _session_factory(adapt: bool = True, untrained: bool = False) -> SessionFactory:
     def start(model: ModelSource, moving_image: Volume, moving_labels: Volume, fixed_grid: Grid,
-              device: str | torch.device = "cpu", precision: str = "auto") -> AdaptationSession:
+              device: str | torch.device = "cpu", precision: str = "auto", spread: bool = True) -> AdaptationSession:
         network, settings, _ = _untrained_model() if untrained else _model(model)
         if not adapt:
             settings = dataclasses.replace(settings, updates_per_interaction=0)
+        if not spread:
+            settings = dataclasses.replace(settings, spread_groups=0)
         return AdaptationSession(network, moving_image, moving_labels, fixed_grid, settings=settings, device=device,
                                  precision=precision)
 
@@ -192,11 +196,11 @@ def run_sweep(session: AdaptationSession, frames: Sequence[Frame]) -> Iterator[A
 
 
 def sweep_session(case: Case, model: ModelSource = None, method: str = "meta", precision: str = "auto",
-                  device: str | torch.device = "cpu") -> AdaptationSession:
+                  device: str | torch.device = "cpu", spread: bool = True) -> AdaptationSession:
     """A session of the sweep method ``method`` for ``case``. The session takes the MR gland (channel 0) only: no
-    landmark label leaks into the registration."""
+    landmark label leaks into the registration. ``spread``: see :meth:`Method.start_session`."""
     return get_method(method).start_session(case.moving_image, case.moving_labels, case.fixed_image.grid, model,
-                                            device=device, precision=precision)
+                                            device=device, precision=precision, spread=spread)
 
 
 def _sweep(name: str) -> CaseRegistration:
@@ -205,7 +209,7 @@ def _sweep(name: str) -> CaseRegistration:
         counts = sorted(set(frame_counts)) or [SWEEP_FRAMES]
         if counts[0] < F_MIN:
             raise InputError(f"a sweep method registers from {F_MIN} frames on; frame counts {counts} start lower")
-        session = sweep_session(case, model, name, precision, device)
+        session = sweep_session(case, model, name, precision, device, spread=False)  # its rows report no quality
         for result in run_sweep(session, sweep_frames(case, counts[-1])):
             if result.frames in counts:
                 yield MethodResult(result.transform, result.seconds, result.frames, result.updates)
@@ -213,8 +217,8 @@ def _sweep(name: str) -> CaseRegistration:
     return register
 
 
-register_method(Method("meta", "the network (bundled or --model) adapted over a right-to-left sweep, one update per "
-                       "frame from the second frame on", _sweep("meta"), uses_model=True,
+register_method(Method("meta", "the network (bundled or --model) adapted over a right-to-left sweep, one update (the "
+                       "model's gradient steps) per frame from the second frame on", _sweep("meta"), uses_model=True,
                        session=_session_factory()))
 register_method(Method("meta-noadapt", "the same network predicting from the sweep's frames, no gradient update",
                        _sweep("meta-noadapt"), uses_model=True, session=_session_factory(adapt=False)))

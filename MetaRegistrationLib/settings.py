@@ -38,18 +38,27 @@ class AdaptationSettings:
         learning_rate: Adam step size of each update (> 0).
         updates_per_interaction: gradient steps run by each ``add_frames`` / ``add_landmarks`` call (>= 0; 0 runs
             the network without adapting it).
+        restart: where each interaction's steps start. ``False``: from the weights the previous interaction left
+            (the steps accumulate along the sweep, so the result depends on the order of the frames); ``True``:
+            from the initial network, with a fresh optimiser, on everything acquired so far, as the meta-training's
+            inner loop does (the result depends only on the frames and pairs acquired, not on their order).
         bending_weight: weight of the bending energy (mm**-2) against the Dice term (>= 0).
         landmark_weight: weight of the mean squared landmark-pair distance (mm**2) in the gradient steps (>= 0).
         landmark_radius_mm: radius of the local Gaussian correction that makes the registration honour the
             landmark pairs (:mod:`.landmarks`), or 0 for none (>= 0). 20 mm was chosen by a 5-fold choice on the
-            train split (docs/RESULTS.md, issue 11); models saved without it get it.
+            train split (docs/RESULTS.md, issue 11); models saved without it get it. (The bundled model, which
+            adapts with ``restart``, stores 15 mm, chosen the same way for that adaptation.)
+        spread_groups: groups the acquired frames are dealt into for the jackknife spread of each update's
+            quality signals (:mod:`.quality`); each costs one more prediction per update; 0 or 1: no spread.
     """
 
     learning_rate: PositiveFloat = 1e-3
     updates_per_interaction: NonNegativeInt = 1
+    restart: bool = False
     bending_weight: NonNegativeFloat = 1.0
     landmark_weight: NonNegativeFloat = 0.01
     landmark_radius_mm: NonNegativeFloat = 20.0
+    spread_groups: NonNegativeInt = 4
 
 
 def describe_validation_error(error: ValidationError, prefix: str = "") -> str:

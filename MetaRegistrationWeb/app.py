@@ -5,7 +5,9 @@ the TRUS sagittal plane (the plane of the frames; it follows the last acquired f
 (across the probe axis) and a 3D view. The TRUS is the background of the slice views, the registered MR the
 foreground (opacity slider); the warped MR gland (orange) shows as a contour against the TRUS gland of the acquired
 frames (green); the frames' planes, the gland surface and the landmarks show in 3D. Volume rendering is off: on a
-software renderer it would cost seconds per frame.
+software renderer it would cost seconds per frame. Under the sweep controls the last update's quality signals
+(``MetaRegistrationLib.quality``, from the Logic's sweep table) need no ground truth: folding (with an alarm),
+fit to the acquired gland, how far the registration moved, and its spread (which does not predict the error).
 
 Every action goes through :class:`MetaRegistrationWeb.workflow.SweepWorkflow`, hence the Slicer module's Logic.
 The gradient steps of an interaction run in a worker thread, so the page keeps answering (a progress bar shows)
@@ -13,8 +15,11 @@ while the network adapts. Errors show in the page; the server keeps running.
 
 Element ids the browser tests use: ``acquire``, ``play``, ``reset``, ``place-mr``, ``place-trus``,
 ``frames-acquired``, ``tre-value``, ``dsc-value``, ``status``, ``error``, ``case-id``, ``data-dir``, ``load-case``,
-``export-transform``, ``export-warped-mr``, ``export-table``, ``export-scene``; the views carry ``data-view``
-= ``sagittal``, ``axial`` or ``3d``.
+``export-transform``, ``export-warped-mr``, ``export-table``, ``export-scene``; the quality read-outs ``quality``
+(absent before the first registration), ``quality-alarm`` (present only on a folding alarm), ``quality-fold``,
+``quality-fit``, ``quality-change`` (absent at the first update) with ``quality-change-median`` and
+``quality-change-p95``, ``quality-spread`` and ``quality-spread-level`` (absent without a spread); the views carry
+``data-view`` = ``sagittal``, ``axial`` or ``3d``.
 """
 
 from __future__ import annotations
@@ -29,12 +34,19 @@ import tempfile
 import numpy as np
 
 from MetaRegistrationLib.errors import MetaRegistrationError
+from MetaRegistrationLib.quality import FOLDING_ALARM_PCT, SPREAD_CAVEAT
 
 from . import workflow as workflow_module
 
 LOGGER = logging.getLogger(__name__)
 PLAY_PAUSE_SECONDS = 0.05
 """Pause between frames while playing, so the views refresh between updates."""
+SWEEP_TABLE_COLUMNS = (("frames", "frames"), ("updates", "updates"), ("pairs", "pairs"), ("TRE mm", "tre"),
+                       ("inverse TRE mm", "inverse_tre"), ("DSC", "dsc"), ("spread mm", "spread"),
+                       ("spread level", "spread_level"), ("s", "seconds"))
+"""The evaluation panel's table: (title, key of a page row)."""
+SPREAD_CAPTION = ("Spread: how far the registration moves when each quarter of the frames is left out in turn; "
+                  f"{SPREAD_CAVEAT}: it is not a confidence.")
 
 
 class MetaRegistrationWebApp:
@@ -70,7 +82,7 @@ class MetaRegistrationWebApp:
             "trame__title": "MetaRegistration", "data_dir": dataDir or "", "case_id": caseId or "",
             "case_label": "", "busy": False, "playing": False, "error": "", "status": "",
             "frames_acquired": 0, "frames_total": 0, "registered": False, "opacity": 0.5, "rows": [],
-            "tre": "", "dsc": "", "plot": "", "pairs": [], "placing": "",
+            "tre": "", "dsc": "", "plot": "", "pairs": [], "placing": "", "quality": {},
         })
         self.state.change("opacity")(self._onOpacity)
         self.ctrl.on_client_connected.add(self._fitViews)
@@ -284,9 +296,12 @@ class MetaRegistrationWebApp:
             "status": status, "frames_acquired": flow.framesAcquired,
             "frames_total": flow.framesAcquired + flow.framesLeft, "registered": flow.registered,
             "rows": [{"frames": r["frames"], "updates": r["updates"], "pairs": r["landmark_pairs"],
-                      "tre": f"{r['tre_mm']:.3f}", "dsc": f"{r['dsc']:.4f}", "seconds": f"{r['seconds']:.2f}"}
+                      "tre": f"{r['tre_mm']:.3f}", "inverse_tre": f"{r['inverse_tre_mm']:.3f}",
+                      "dsc": f"{r['dsc']:.4f}", "spread": _number(r["spread_mm"], 2), "spread_level": r["spread_level"],
+                      "seconds": f"{r['seconds']:.2f}"}
                      for r in rows],
             "tre": f"{last['tre_mm']:.3f}" if last else "", "dsc": f"{last['dsc']:.4f}" if last else "",
+            "quality": _qualityReadouts(last) if last else {},
             "plot": _plotDataUrl(rows), "pairs": self._pairRows(),
         })
 
@@ -348,8 +363,26 @@ class MetaRegistrationWebApp:
                  classes="mt-2")
         v3.VProgressLinear(indeterminate=("busy",), model_value=0, color="primary", classes="my-1", id="busy")
         html.Div("{{ status }}", id="status", classes="text-caption")
+        self._qualityPanel(v3, html)
         v3.VSlider(v_model=("opacity",), min=0, max=1, step=0.05, label="MR overlay", density="compact",
                    hide_details=True, classes="mt-2")
+
+    def _qualityPanel(self, v3, html) -> None:
+        """The last update's quality signals (``quality`` page state); hidden before the first registration."""
+        with html.Div(v_if=("quality.fold",), id="quality", classes="mt-2"):
+            html.Div("Quality of the last update (no ground truth)", classes="text-subtitle-2")
+            v3.VAlert(v_if=("quality.alarm",), type="error", density="compact", id="quality-alarm",
+                      text=f"Folding alarm: the registration folds more than {FOLDING_ALARM_PCT} % of the TRUS "
+                           "voxels; tissue does not fold, do not trust this registration")
+            html.Div("Folding <b id='quality-fold'>{{ quality.fold }}</b> % of the TRUS voxels")
+            html.Div("Fit to the acquired gland (DSC) <b id='quality-fit'>{{ quality.fit }}</b>")
+            html.Div("Moved since the previous update: median <b id='quality-change-median'>"
+                     "{{ quality.change_median }}</b> mm, p95 <b id='quality-change-p95'>{{ quality.change_p95 }}</b>"
+                     " mm", v_if=("quality.change_median",), id="quality-change")
+            with html.Div(v_if=("quality.spread_level",), classes="d-flex align-center"):
+                html.Span("Spread <b id='quality-spread'>{{ quality.spread }}</b> mm")
+                v3.VChip("{{ quality.spread_level }}", size="small", classes="ml-1", id="quality-spread-level")
+            html.Div(SPREAD_CAPTION, classes="text-caption")
 
     def _pairPanel(self, v3, html) -> None:
         html.Div("Landmark pairs", classes="text-subtitle-1 mt-3")
@@ -377,12 +410,12 @@ class MetaRegistrationWebApp:
         with v3.VTable(density="compact", id="sweep-table", height=200, fixed_header=True):
             with html.Thead():
                 with html.Tr():
-                    for title in ("frames", "updates", "pairs", "TRE mm", "DSC", "s"):
-                        html.Th(title)
+                    for title, _ in SWEEP_TABLE_COLUMNS:
+                        html.Th(title, classes="px-1")
             with html.Tbody():
                 with html.Tr(v_for="r in rows", key="r.updates"):
-                    for key in ("frames", "updates", "pairs", "tre", "dsc", "seconds"):
-                        html.Td(f"{{{{ r.{key} }}}}")
+                    for _, key in SWEEP_TABLE_COLUMNS:
+                        html.Td(f"{{{{ r.{key} }}}}", classes="px-1")
         html.Img(src=("plot",), v_if=("plot",), style="width: 100%;", id="plot")
         with html.Div(classes="d-flex flex-wrap mt-2"):
             for what, filename in workflow_module.EXPORTS.items():
@@ -405,8 +438,20 @@ def _layout():
                   flex_sizes=["3", "2"])
 
 
+def _number(value: float, digits: int) -> str:
+    """A number with ``digits`` decimals; "" for NaN (not computable)."""
+    return "" if np.isnan(value) else f"{value:.{digits}f}"
+
+
+def _qualityReadouts(row: dict) -> dict:
+    """The quality panel's texts from a sweep table row (``QUALITY_COLUMNS``; "" where not computable)."""
+    return {"fold": f"{row['fold_pct']:.2f}", "alarm": bool(row["fold_alarm"]), "fit": f"{row['acquired_dsc']:.2f}",
+            "change_median": _number(row["change_median_mm"], 1), "change_p95": _number(row["change_p95_mm"], 1),
+            "spread": _number(row["spread_mm"], 2), "spread_level": row["spread_level"]}
+
+
 def _plotDataUrl(rows: list[dict]) -> str:
-    """TRE and DSC against frames as a PNG data URL ("" with no row)."""
+    """TRE, spread (both mm) and DSC against frames as a PNG data URL ("" with no row)."""
     if not rows:
         return ""
     import matplotlib
@@ -416,12 +461,14 @@ def _plotDataUrl(rows: list[dict]) -> str:
 
     frames = [r["frames"] + 0.1 * r["landmark_pairs"] for r in rows]
     figure, treAxis = plt.subplots(figsize=(4.2, 2.2), dpi=100)
-    treAxis.plot(frames, [r["tre_mm"] for r in rows], "o-", color="tab:red")
+    lines = treAxis.plot(frames, [r["tre_mm"] for r in rows], "o-", color="tab:red", label="TRE")
+    lines += treAxis.plot(frames, [r["spread_mm"] for r in rows], "^:", color="tab:orange", label="spread")
     treAxis.set_xlabel("frames acquired")
-    treAxis.set_ylabel("TRE (mm)", color="tab:red")
+    treAxis.set_ylabel("mm")
     dscAxis = treAxis.twinx()
-    dscAxis.plot(frames, [r["dsc"] for r in rows], "s--", color="tab:blue")
+    lines += dscAxis.plot(frames, [r["dsc"] for r in rows], "s--", color="tab:blue", label="DSC")
     dscAxis.set_ylabel("DSC", color="tab:blue")
+    dscAxis.legend(handles=lines, fontsize="x-small", loc="best")  # the top axes: drawn over every line
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")

@@ -1,4 +1,5 @@
-"""The ``metareg`` command: demo, batch evaluation, benchmark, paired comparison and landmark pairs.
+"""The ``metareg`` command: demo, batch evaluation, benchmark, paired comparison, landmark pairs and quality
+signals.
 
 Each subcommand is a module of this package with ``add_arguments(parser)`` and ``run(args)``; only the chosen one
 is imported, so ``metareg --help`` answers without loading torch or MONAI. The web app is a front end of its own
@@ -23,6 +24,7 @@ SUBCOMMANDS = {
     "benchmark": "time adaptation updates and predictions",
     "compare": "paired Wilcoxon test of two evaluations' per-case TRE and DSC",
     "pairs": "what clinician landmark pairs buy after a sweep: TRE on held-out landmarks",
+    "quality": "per-update quality signals against the true TRE, and the result's dependence on the frames' order",
 }
 """Subcommand -> its help line; the module ``Training.<name>`` implements it."""
 

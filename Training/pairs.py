@@ -1,7 +1,8 @@
 """``metareg pairs``: what clinician landmark pairs buy after a sweep (the annotation scenario).
 
 After a sweep of ``--frames`` frames, landmark pairs (the centroids of each case's landmark labels 1, 2, ...)
-are added one at a time as interactions; TRE is measured on the landmarks not given. ``--radius`` lists the
+are added one at a time as interactions; TRE is measured on the landmarks not given. With ``--pairs-after N``
+the pairs come after frame N instead (0: before the sweep) and the sweep goes on; TRE is measured at its end. ``--radius`` lists the
 local corrections to measure side by side (mm, 0 for the network alone; default: the model's
 ``landmark_radius_mm``), all from the same sessions (:func:`~MetaRegistrationLib.evaluation.evaluate_landmark_pairs`).
 
@@ -57,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     parser.add_argument("--pairs", type=pair_counts, default=[1], help="pair counts, e.g. 1,2 (default: 1)")
     parser.add_argument("--frames", type=int, default=SWEEP_FRAMES, help="frames of the sweep (default: %(default)s)")
+    parser.add_argument("--pairs-after", type=int, metavar="N",
+                        help="give the pairs after frame N of the sweep, 0 to --frames (0: before it; default: after "
+                             "the sweep)")
     parser.add_argument("--model", type=Path, help="model checkpoint (default: bundled)")
     parser.add_argument("--radius", type=radii, default=[],
                         help="local correction radii to compare, mm, e.g. 0,10,20 (0: the network alone; default: "
@@ -74,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--frames must be at least 2 (the first update needs 2), got {args.frames}")
     if args.folds == 1 or args.folds < 0:
         raise InputError(f"--folds must be 0 (none) or at least 2, got {args.folds}")
+    given_after = args.frames if args.pairs_after is None else args.pairs_after
+    if not 0 <= given_after <= args.frames:
+        raise InputError(f"--pairs-after must be 0 to --frames ({args.frames}), got {given_after}")
     overrides = adaptation_overrides(args.adapt, ADAPTATION_FIELDS)
     check_output_folder(args.out, args.overwrite, protected=(args.data,))
     model = load_model(args.model)  # a bad model fails before any case is read, and is read once
@@ -84,12 +91,13 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=len(case_ids), desc="landmark pairs", unit="case", file=sys.stderr, leave=False) as bar:
         rows, landmarks = evaluate_landmark_pairs(
             dataset, case_ids, args.pairs, model, args.frames, args.radius,
-            progress=lambda case_id: (bar.set_postfix(case=case_id), bar.update()))
+            progress=lambda case_id: (bar.set_postfix(case=case_id), bar.update()), given_after=given_after)
     with staged_outputs(args.out) as staging:  # the three files appear together, or none
         (staging / "pairs.csv").write_text(to_csv(rows, PAIR_COLUMNS), encoding="utf-8")
         (staging / "pairs_landmarks.csv").write_text(to_csv(landmarks, LANDMARK_COLUMNS), encoding="utf-8")
         (staging / "pairs_distance.png").write_bytes(distance_figure(landmarks))
-    print(f"After {args.frames} frames, landmark pairs with a local correction of each radius (0: the network "
+    when = "after the sweep" if given_after == args.frames else f"after frame {given_after}"
+    print(f"{args.frames} frames, landmark pairs {when}, with a local correction of each radius (0: the network "
           f"alone); held-out landmarks near (<= {NEAR_MM:g} mm from a given pair) and far; paired Wilcoxon over "
           "landmark instances")
     print(f"{'pairs':>5} {'radius':>6} {'cases':>5} {'residual med/p90':>16} {'fold %':>6} {'near n':>6} "

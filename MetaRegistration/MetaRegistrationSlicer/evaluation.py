@@ -17,13 +17,19 @@ from pathlib import Path
 import numpy as np
 
 import slicer
+from MetaRegistrationLib.quality import QUALITY_COLUMNS
 
 from . import tables
 
 EVALUATION_TABLE_NAME = "MetaRegistration evaluation"
 SWEEP_TABLE_NAME = "MetaRegistration sweep"
-SWEEP_COLUMNS = ("frames", "updates", "landmark_pairs", "tre_mm", "dsc", "seconds")
-"""The sweep table's columns: totals after the interaction, its RMS TRE and gland DSC, and its seconds."""
+SWEEP_COLUMNS = ("frames", "updates", "landmark_pairs", "tre_mm", "inverse_tre_mm", "dsc", "seconds",
+                 *QUALITY_COLUMNS)
+"""The sweep table's columns, one row per update: totals after the interaction; when the sweep is tracked
+(:meth:`EvaluationMixin.trackSweep`) its RMS TRE in both directions (``tre_mm``: ``|phi(p_TRUS) - p_MR|``,
+``inverse_tre_mm``: ``|phi^-1(p_MR) - p_TRUS|``, what a user sees with MR fiducials under the output transform)
+and gland DSC, NaN otherwise; its seconds; and its quality signals (``MetaRegistrationLib.quality``), which need
+no ground truth."""
 
 
 @dataclass
@@ -32,8 +38,9 @@ class EvaluationReport:
 
     Attributes:
         labels: landmark labels found in both markups nodes, with ``pointErrorsMm`` their
-            errors ``|phi(p_TRUS) - p_MR|``.
-        treMm: RMS of the point errors. dsc: warped MR gland vs TRUS gland.
+            errors ``|phi(p_TRUS) - p_MR|`` (the resampling direction) and ``inversePointErrorsMm`` their errors
+            ``|phi^-1(p_MR) - p_TRUS|`` (what the MR fiducials under the transform show against the TRUS ones).
+        treMm, inverseTreMm: RMS of the point errors of each direction. dsc: warped MR gland vs TRUS gland.
         foldPercent: % of TRUS voxels where ``phi`` folds. hd95Mm: 95th percentile Hausdorff distance.
         movingOnlyLabels, fixedOnlyLabels: labels without a partner, left out.
     """
@@ -46,11 +53,13 @@ class EvaluationReport:
     hd95Mm: float
     movingOnlyLabels: list[str] = field(default_factory=list)
     fixedOnlyLabels: list[str] = field(default_factory=list)
+    inversePointErrorsMm: list[float] = field(default_factory=list)
+    inverseTreMm: float = float("nan")
 
     @property
     def status(self) -> str:
-        text = (f"TRE {self.treMm:.2f} mm over {len(self.labels)} landmark pairs, DSC {self.dsc:.3f}, "
-                f"folding {self.foldPercent:.2f} %")
+        text = (f"TRE {self.treMm:.2f} mm (MR points under the transform: {self.inverseTreMm:.2f} mm) over "
+                f"{len(self.labels)} landmark pairs, DSC {self.dsc:.3f}, folding {self.foldPercent:.2f} %")
         unmatched = [f"MR only: {', '.join(self.movingOnlyLabels)}"] if self.movingOnlyLabels else []
         unmatched += [f"TRUS only: {', '.join(self.fixedOnlyLabels)}"] if self.fixedOnlyLabels else []
         return text + (f" (unmatched labels left out; {'; '.join(unmatched)})" if unmatched else "")
@@ -114,12 +123,16 @@ class EvaluationMixin:
         metrics = measure(transform, fixedGrid, moving_gland=movingGland, moving_grid=movingGrid,
                           fixed_gland=fixedGland, fixed_points=fixed, moving_points=moving)
         report = EvaluationReport(labels, [float(e) for e in metrics.landmark_errors_mm], metrics.tre_mm,
-                                  metrics.dsc, metrics.fold_pct, metrics.hd95_mm, movingOnly, fixedOnly)
+                                  metrics.dsc, metrics.fold_pct, metrics.hd95_mm, movingOnly, fixedOnly,
+                                  [float(e) for e in metrics.inverse_landmark_errors_mm], metrics.inverse_tre_mm)
         if tableNode is None:
             tableNode = self.scene.AddNewNodeByClass("vtkMRMLTableNode", EVALUATION_TABLE_NAME)
         self.evaluationTableNode = tableNode
         rows = [(f"landmark {label} error", error, "mm") for label, error in zip(labels, report.pointErrorsMm)]
-        rows += [("RMS TRE", report.treMm, "mm"), ("gland DSC", report.dsc, ""),
+        rows += [(f"landmark {label} error, MR point under the transform", error, "mm")
+                 for label, error in zip(labels, report.inversePointErrorsMm)]
+        rows += [("RMS TRE", report.treMm, "mm"), ("RMS TRE, MR points under the transform", report.inverseTreMm, "mm"),
+                 ("gland DSC", report.dsc, ""),
                  ("folding", report.foldPercent, "%"), ("gland HD95", report.hd95Mm, "mm")]
         tables.fillTable(tableNode, ("measure", "value", "unit"), rows)
         tableNode.SetAttribute("MetaRegistration.UnmatchedLabels",
@@ -141,8 +154,9 @@ class EvaluationMixin:
     # --- TRE across the sweep -----------------------------------------------------------------------------------
 
     def trackSweep(self, movingLandmarks, fixedLandmarks, fixedSegmentation=None, tableNode=None) -> None:
-        """Measure TRE (and DSC when the TRUS gland is given) after every update of the session, into a table
-        (:attr:`sweepTableNode`, columns ``SWEEP_COLUMNS``) plotted as TRE per frame (:attr:`sweepPlotChartNode`).
+        """Measure TRE (and DSC when the TRUS gland is given) after every update of the session, into the sweep
+        table (:attr:`sweepTableNode`, columns ``SWEEP_COLUMNS``) plotted as TRE per frame
+        (:attr:`sweepPlotChartNode`). Without it the table holds the updates' quality signals only.
 
         The landmarks and the gland are read now; they are not given to the registration.
         """
@@ -187,24 +201,24 @@ class EvaluationMixin:
         if self.sweepTableNode is not None:
             tables.fillTable(self.sweepTableNode, SWEEP_COLUMNS, [])
 
-    def _sweepMetrics(self, transform) -> tuple[float, float] | None:
-        """(RMS TRE, DSC) of a new registration for the sweep table, or ``None`` when the sweep is not tracked.
-        Reads and writes no node."""
+    def _sweepMetrics(self, transform) -> tuple[float, float, float]:
+        """(RMS TRE, inverse RMS TRE, DSC) of a new registration for the sweep table, NaN when the sweep is not
+        tracked. Reads and writes no node."""
         if self._sweepTracking is None:
-            return None
+            return (float("nan"),) * 3
         from MetaRegistrationLib.metrics import measure
 
         tracking, inputs = self._sweepTracking, self._inputs
         metrics = measure(transform, inputs.fixedGrid, moving_gland=inputs.movingGland,
                           moving_grid=inputs.movingImage.grid, fixed_gland=tracking.fixedGland,
                           fixed_points=tracking.fixedPoints, moving_points=tracking.movingPoints, regularity=False)
-        return metrics.tre_mm, metrics.dsc
+        return metrics.tre_mm, metrics.inverse_tre_mm, metrics.dsc
 
-    def _sweepRowsWith(self, report, sweepMetrics: tuple[float, float]) -> list[tuple]:
+    def _sweepRowsWith(self, report, sweepMetrics: tuple[float, float, float]) -> list[tuple]:
         """The sweep table's rows with the row of ``report`` added (not stored yet)."""
-        treMm, dsc = sweepMetrics
-        return self._sweepRows + [(report.frames, report.updates, report.landmarkPairs, treMm, dsc,
-                                   report.totalSeconds)]
+        treMm, inverseTreMm, dsc = sweepMetrics
+        return self._sweepRows + [(report.frames, report.updates, report.landmarkPairs, treMm, inverseTreMm, dsc,
+                                   report.totalSeconds, *report.quality.row())]
 
     # --- a data folder, like `metareg evaluate` -----------------------------------------------------------------
 

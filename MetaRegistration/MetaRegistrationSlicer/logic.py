@@ -62,8 +62,10 @@ class InteractionReport:
     Attributes:
         frames, landmarkPairs, updates: totals in the session after the interaction.
         registered: whether a registration exists (from the second frame on).
-        preparationSeconds, updateSeconds, predictSeconds: the library's timings
-            (initial alignment and inputs; gradient steps; prediction).
+        preparationSeconds, updateSeconds, predictSeconds, qualitySeconds: the library's timings
+            (initial alignment and inputs; gradient steps; prediction; quality signals).
+        quality: the update's quality signals (``MetaRegistrationLib.quality.QualitySignals``), or ``None``
+            when the interaction registered nothing.
         outputSeconds: computing and writing the output nodes.
         cancelled: the gradient steps were stopped by :meth:`MetaRegistrationCoreLogic.cancel`.
         status: one line for a status bar.
@@ -77,14 +79,17 @@ class InteractionReport:
     preparationSeconds: float = 0.0
     updateSeconds: float = 0.0
     predictSeconds: float = 0.0
+    qualitySeconds: float = 0.0
     outputSeconds: float = 0.0
+    quality: object = None
     cancelled: bool = False
     status: str = ""
     unmatchedLabels: list[str] = field(default_factory=list)
 
     @property
     def totalSeconds(self) -> float:
-        return self.preparationSeconds + self.updateSeconds + self.predictSeconds + self.outputSeconds
+        return (self.preparationSeconds + self.updateSeconds + self.predictSeconds + self.qualitySeconds
+                + self.outputSeconds)
 
 
 class PendingInteraction:
@@ -475,8 +480,8 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
             frames=result.frames, landmarkPairs=len(self._givenLandmarkLabels) + len(pending.newLandmarkLabels),
             updates=result.updates, registered=result.transform is not None,
             preparationSeconds=result.preparation_seconds, updateSeconds=sum(result.update_seconds),
-            predictSeconds=result.predict_seconds, cancelled=result.cancelled,
-            unmatchedLabels=list(pending.unmatchedLabels))
+            predictSeconds=result.predict_seconds, qualitySeconds=result.quality_seconds, quality=result.quality,
+            cancelled=result.cancelled, unmatchedLabels=list(pending.unmatchedLabels))
         changes = _NodeChanges(self.scene, self)
         sweepRows = None
         try:
@@ -486,7 +491,12 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
                 report.outputSeconds = computeSeconds + time.perf_counter() - start
             if sweepMetrics is not None:
                 sweepRows = self._sweepRowsWith(report, sweepMetrics)
-                tables.fillTable(changes.existing(self.sweepTableNode), SWEEP_COLUMNS, sweepRows)
+                if self.sweepTableNode is None or self.sweepTableNode.GetScene() is None:
+                    self.sweepTableNode = changes.created(
+                        self.scene.AddNewNodeByClass("vtkMRMLTableNode", SWEEP_TABLE_NAME))
+                else:
+                    changes.existing(self.sweepTableNode)
+                tables.fillTable(self.sweepTableNode, SWEEP_COLUMNS, sweepRows)
         except BaseException:
             changes.undo()
             raise
@@ -500,7 +510,7 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
             self._sweepRows = sweepRows
         report.status = result.status[:1].upper() + result.status[1:]
         if report.registered:
-            report.status += f"; {report.totalSeconds:.2f} s"
+            report.status += f"; {report.totalSeconds:.2f} s; {report.quality.describe()}"
         if pending.unmatchedLabels:
             report.status += f"; unmatched landmark labels left out: {', '.join(pending.unmatchedLabels)}"
         self.reports.append(report)

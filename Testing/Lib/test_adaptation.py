@@ -61,10 +61,11 @@ def fresh_network(seed: int = 0) -> RegistrationNet:
     return RegistrationNet()
 
 
-def new_session(phantom, network: RegistrationNet, updates: int = 1, **kwargs) -> AdaptationSession:
+def new_session(phantom, network: RegistrationNet, updates: int = 1, restart: bool = False,
+                **kwargs) -> AdaptationSession:
     case, _ = phantom
     return AdaptationSession(network, case.moving_image, case.moving_labels, case.fixed_image.grid,
-                             settings=AdaptationSettings(updates_per_interaction=updates), **kwargs)
+                             settings=AdaptationSettings(updates_per_interaction=updates, restart=restart), **kwargs)
 
 
 def state_of(session: AdaptationSession) -> tuple:
@@ -231,10 +232,11 @@ def assert_same(after: tuple, before: tuple) -> None:
                    for name, value in state.items())
 
 
+@pytest.mark.parametrize("restart", [False, True])
 @pytest.mark.parametrize("failing", ["adaptation_step", "predict"])
-def test_a_failure_after_the_gradient_step_rolls_the_session_back(phantom, frames, monkeypatch, failing):
-    session = new_session(phantom, fresh_network(), updates=2)
-    reference = new_session(phantom, fresh_network(), updates=2)
+def test_a_failure_after_the_gradient_step_rolls_the_session_back(phantom, frames, monkeypatch, failing, restart):
+    session = new_session(phantom, fresh_network(), updates=2, restart=restart)
+    reference = new_session(phantom, fresh_network(), updates=2, restart=restart)
     for each in (session, reference):
         each.add_frames(frames[:2])
         each.add_landmarks(frames[1].pose[:3, 3][None], frames[1].pose[:3, 3][None])
@@ -349,6 +351,23 @@ def test_landmark_pairs_pull_the_registration_onto_them(phantom, frames):
     without, with_pairs = mean_distance(False), mean_distance(True)
     # Measured: 0.87 mm without, 0.14 mm with.
     assert with_pairs < 0.5 * without
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_with_restart_the_registration_depends_on_the_frames_not_their_order(phantom, frames, restart):
+    def swept(order: list[int]) -> np.ndarray:
+        session = new_session(phantom, fresh_network(), updates=3, restart=restart)
+        for index in order:
+            result = session.add_frames([frames[index]])
+        assert result.updates == 3 * (len(order) - 1)  # every interaction's steps are counted
+        return result.transform.displacement
+
+    forward, backward = swept([0, 1, 2, 3, 4]), swept([4, 3, 2, 1, 0])
+    difference = float(np.abs(forward - backward).max())
+    if restart:  # the same frames: the same steps from the same weights
+        assert difference < 1e-5
+    else:  # the steps accumulate along the sweep: the order shows
+        assert difference > 1e-3
 
 
 # --- memory ----------------------------------------------------------------------------------------------------

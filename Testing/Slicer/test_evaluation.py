@@ -50,10 +50,36 @@ def test_evaluation_panel_equals_the_library_and_saves_csv(mrml_scene, shifted_c
     assert table.GetAttribute("MetaRegistration.UnmatchedLabels") == "TRUS only (TRUS only)"
     path = logic.saveTableCsv(table, tmp_path / "evaluation" / "panel.csv")
     rows = list(csv.DictReader(open(path)))
-    assert [r["measure"] for r in rows] == ["landmark L1 error", "landmark L2 error", "landmark L3 error", "RMS TRE",
-                                            "gland DSC", "folding", "gland HD95"]
-    assert float(rows[3]["value"]) == pytest.approx(library.tre_mm, abs=1e-9)
+    under = [f"landmark {label} error, MR point under the transform" for label in ("L1", "L2", "L3")]
+    assert [r["measure"] for r in rows] == ["landmark L1 error", "landmark L2 error", "landmark L3 error", *under,
+                                            "RMS TRE", "RMS TRE, MR points under the transform", "gland DSC",
+                                            "folding", "gland HD95"]
+    assert float(rows[6]["value"]) == pytest.approx(library.tre_mm, abs=1e-9)
+    assert float(rows[7]["value"]) == pytest.approx(library.inverse_tre_mm, abs=1e-9)
     assert sorted(p.name for p in path.parent.iterdir()) == ["panel.csv"]  # no temporary left behind
+
+
+def test_inverse_tre_is_what_mr_fiducials_under_the_transform_show(mrml_scene, shifted_case, tiny_model):
+    """The panel's "MR point under the transform" errors are the distances Slicer itself shows: the MR fiducials
+    made children of the output transform (VTK inverts the grid transform) against the TRUS fiducials."""
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
+    logic = started(mrml_scene, nodes, tiny_model)
+    logic.addFrames(frame_nodes(mrml_scene, shifted_case, 4))
+    report = logic.evaluate(nodes["MR points"], nodes["TRUS points"], logic.outputTransformNode,
+                            nodes["MR segmentation"], nodes["TRUS labelmap"])
+    mr, trus = nodes["MR points"], nodes["TRUS points"]
+    mr.SetAndObserveTransformNodeID(logic.outputTransformNode.GetID())
+    shown = []
+    for n in range(mr.GetNumberOfControlPoints()):
+        label = mr.GetNthControlPointLabel(n)
+        partner = next(m for m in range(trus.GetNumberOfControlPoints()) if trus.GetNthControlPointLabel(m) == label)
+        onTrus, trusPoint = [0.0] * 3, [0.0] * 3
+        mr.GetNthControlPointPositionWorld(n, onTrus)
+        trus.GetNthControlPointPositionWorld(partner, trusPoint)
+        shown.append(float(np.linalg.norm(np.subtract(onTrus, trusPoint))))
+    np.testing.assert_allclose(report.inversePointErrorsMm, shown, atol=0.05)
+    # and not the resampling direction's errors, which differ where phi is not a translation
+    assert report.inverseTreMm != pytest.approx(report.treMm, abs=1e-6)
 
 
 def test_tre_per_frame_is_tabulated_and_plotted(mrml_scene, shifted_case, tiny_model):

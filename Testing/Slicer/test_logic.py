@@ -93,7 +93,8 @@ def test_inputs_are_unchanged_and_outputs_are_new_nodes(mrml_scene, shifted_case
     added = node_classes(mrml_scene) - classes
     assert added == collections.Counter({
         "vtkMRMLGridTransformNode": 1, "vtkMRMLSegmentationNode": 1, "vtkMRMLSegmentationDisplayNode": 1,
-        "vtkMRMLScalarVolumeNode": 1, "vtkMRMLScalarVolumeDisplayNode": 1, "vtkMRMLTableNode": 1}), added
+        "vtkMRMLScalarVolumeNode": 1, "vtkMRMLScalarVolumeDisplayNode": 1,
+        "vtkMRMLTableNode": 2}), added  # the sweep table (one row per update, quality signals) and the evaluation
     assert not (node_classes(mrml_scene) - added) - classes
 
 

@@ -70,6 +70,15 @@ def test_every_widget_the_code_uses_is_in_the_ui_file():
     assert sorted(used - set(ui_widgets())) == []
 
 
+def test_the_quality_line_is_a_word_wrapped_label_the_report_fills():
+    label = ui_widgets()["qualityLabel"]
+    assert label.get("class") == "QLabel"
+    assert label.findtext("property[@name='wordWrap']/bool") == "true"
+    widget = class_node("MetaRegistrationWidget")
+    assert "self._showQuality" in method_calls(widget, "_showReport")
+    assert "quality.describe" in method_calls(widget, "_showQuality")
+
+
 def test_every_slicer_parameter_name_is_a_field_of_a_type_its_widget_can_show():
     fields = parameter_fields()
     bound = {}
@@ -215,7 +224,8 @@ def test_importing_the_slicer_modules_loads_neither_torch_nor_monai():
     result = subprocess.run([sys.executable, "-c", code, str(MODULE)], capture_output=True, text=True, check=True)
     loaded, library = result.stdout.strip().splitlines()[-2:]
     assert loaded == "[]"
-    assert library == "['MetaRegistrationLib.errors', 'MetaRegistrationLib.files']"
+    # the library's torch-free modules: errors, atomic files, and the quality signals' column names
+    assert library == "['MetaRegistrationLib.errors', 'MetaRegistrationLib.files', 'MetaRegistrationLib.quality']"
 
 
 # --- the module file against SlicerElastix and SlicerTotalSegmentator -------------------------------------------

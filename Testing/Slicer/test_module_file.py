@@ -4,6 +4,7 @@ self-test run here as they do in 3D Slicer."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 import types
@@ -14,6 +15,7 @@ import pytest
 
 slicer = pytest.importorskip("slicer", reason="slicer-core (3D Slicer's MRML as a wheel) is not installed")
 
+from MetaRegistrationLib.quality import QualitySignals  # noqa: E402
 from MetaRegistrationSlicer import dependencies  # noqa: E402
 
 MODULE_FILE = Path(__file__).resolve().parents[2] / "MetaRegistration" / "MetaRegistration.py"
@@ -83,3 +85,17 @@ def test_module_logic_installs_through_the_dependency_module(module_file, monkey
     module_file.MetaRegistrationLogic().installDependencies()
     assert calls == [{"pipInstall": slicer.util.pip_install}]
     assert module_file.MetaRegistrationLogic.missingDependencies() == []  # this environment has everything
+
+
+def test_the_quality_label_shows_the_update_line_in_red_on_a_folding_alarm(module_file):
+    widget = module_file.MetaRegistrationWidget.__new__(module_file.MetaRegistrationWidget)
+    label = types.SimpleNamespace(text="", styleSheet="")
+    widget.ui = types.SimpleNamespace(qualityLabel=label)
+    calm = QualitySignals(0.0, False, 0.9, 0.2, 0.5, 0.8, "high")
+    widget._showQuality(calm)
+    assert (label.text, label.styleSheet) == (calm.describe(), "")
+    folded = dataclasses.replace(calm, fold_pct=0.5, fold_alarm=True)
+    widget._showQuality(folded)
+    assert label.text == folded.describe() and "red" in label.styleSheet
+    widget._showQuality(None)  # a reset, or a frame that registered nothing
+    assert (label.text, label.styleSheet) == ("", "")

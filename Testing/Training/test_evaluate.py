@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from MetaRegistrationLib.evaluation import CASE_COLUMNS, SUMMARY_COLUMNS
+from MetaRegistrationLib.models import load_model
 from Training.cli import main
 
 from conftest import write_image
@@ -190,6 +191,27 @@ def test_pair_radii_are_compared_on_the_same_sessions(synthetic_dataset, tiny_mo
 
 
 @pytest.mark.usefixtures("one_torch_thread")
+def test_pairs_can_come_before_or_between_frames(synthetic_dataset, tiny_model, tmp_path, capsys):
+    """``--pairs-after 0`` (before the sweep) and ``1`` (between frames): TRE at the end of the same sweep, against
+    it without pairs; the pair is honoured at the end, whenever it came; a frame count out of range is refused."""
+    ends = {}
+    for after in (0, 1, 3):
+        out = tmp_path / f"after{after}"
+        assert main(["pairs", "--data", str(synthetic_dataset), "--cases", "a", "--frames", "3", "--pairs-after",
+                     str(after), "--model", str(tiny_model), "--out", str(out)]) == 0
+        (row,) = read_csv(out / "pairs.csv")
+        assert int(row["given_after_frames"]) == after and float(row["residual_mm"]) < 0.1
+        ends[after] = row
+    # The sweep without pairs is the same whenever the pairs come; what the pairs change depends on when.
+    assert ends[0]["tre_frames_mm"] == ends[1]["tre_frames_mm"] == ends[3]["tre_frames_mm"]
+    assert ends[0]["tre_pairs_mm"] != ends[3]["tre_pairs_mm"]
+    assert "landmark pairs after frame 1" in capsys.readouterr().out
+    assert main(["pairs", "--data", str(synthetic_dataset), "--frames", "3", "--pairs-after", "4",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "--pairs-after must be 0 to --frames (3), got 4" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("one_torch_thread")
 def test_adaptation_settings_can_be_overridden_for_an_evaluation(synthetic_dataset, tmp_path):
     """``--adapt updates_per_interaction=0`` turns ``meta`` into ``meta-noadapt``; a bad name is refused."""
     runs = {}
@@ -199,7 +221,8 @@ def test_adaptation_settings_can_be_overridden_for_an_evaluation(synthetic_datas
         assert main(["evaluate", "--data", str(synthetic_dataset), "--cases", "a", "--frames", "3", *extra,
                      "--out", str(tmp_path / name)]) == 0
         runs[name] = read_csv(tmp_path / name / "cases.csv")[0]
-    assert runs["zero-updates"]["updates"] == "0" and runs["meta"]["updates"] == "2"
+    steps = load_model(None).settings.updates_per_interaction  # the bundled model's, at frames 2 and 3
+    assert runs["zero-updates"]["updates"] == "0" and runs["meta"]["updates"] == str(2 * steps)
     assert float(runs["zero-updates"]["tre_mm"]) == pytest.approx(float(runs["noadapt"]["tre_mm"]), abs=1e-6)
     assert main(["evaluate", "--data", str(synthetic_dataset), "--method", "meta", "--adapt", "speed=11",
                  "--out", str(tmp_path / "bad")]) == 2

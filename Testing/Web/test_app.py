@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from MetaRegistrationLib.metrics import evaluate_transform
+from MetaRegistrationLib.models import load_model
 from MetaRegistrationLib.phantom import make_phantom_case
 from MetaRegistrationLib.registration import sweep_frames, sweep_session
 
@@ -141,6 +142,22 @@ def screenshot_array(element) -> np.ndarray:
     return matplotlib.image.imread(io.BytesIO(element.screenshot()), format="png")[..., :3]
 
 
+def number(page, selector: str) -> float:
+    """The finite number an element shows."""
+    value = float(text(page, selector))
+    assert np.isfinite(value), f"{selector} shows {value}"
+    return value
+
+
+def quality_readouts(page) -> dict:
+    """The quality panel's numbers and spread level (after the second update: all are computable)."""
+    readouts = {name: number(page, f"#quality-{name}") for name in ("fold", "fit", "change-median", "change-p95",
+                                                                     "spread")}
+    readouts["spread_level"] = text(page, "#quality-spread-level")
+    assert readouts["spread_level"] in ("small", "medium", "large")
+    return readouts
+
+
 def library_reference(mr_point: np.ndarray, trus_point: np.ndarray):
     """TRE and DSC the library computes for the phantom's sweep of FRAMES frames, then the landmark pair."""
     case, _ = make_phantom_case(0)
@@ -154,6 +171,7 @@ def library_reference(mr_point: np.ndarray, trus_point: np.ndarray):
 def test_a_clinician_sweeps_places_a_pair_and_reads_the_evaluation(page):
     sagittal_before = screenshot_array(view(page, "sagittal"))
     assert text(page, "#frames-acquired") == "0"
+    assert page.query_selector("#quality") is None  # no registration, no quality signals
 
     latencies = []
     for frames in range(1, FRAMES + 1):
@@ -163,6 +181,9 @@ def test_a_clinician_sweeps_places_a_pair_and_reads_the_evaluation(page):
         if frames >= 2:
             page.wait_for_function(f"document.querySelectorAll('#sweep-table tbody tr').length === {frames - 1}")
         latencies.append(time.perf_counter() - start)
+        if frames == 2:  # the first registration: no previous one to have moved from
+            assert 0 <= number(page, "#quality-fit") <= 1 and number(page, "#quality-fold") >= 0
+            assert page.query_selector("#quality-change") is None
         page.wait_for_selector("#acquire:not([disabled])" if frames < FRAMES else "#acquire[disabled]")
     print("\nclick-to-result seconds per frame:", " ".join(f"{seconds:.2f}" for seconds in latencies),
           f"(max {max(latencies):.2f})")
@@ -177,8 +198,11 @@ def test_a_clinician_sweeps_places_a_pair_and_reads_the_evaluation(page):
     page.wait_for_function("document.querySelectorAll('#sweep-table tbody tr').length === 10")
     page.wait_for_selector("#acquire[disabled]")  # all frames acquired, and not busy with the pair any more
     last_row = [cell.strip() for cell in page.inner_text("#sweep-table tbody tr:last-child").split("\t")]
-    assert last_row[:3] == ["10", "10", "1"]  # frames, updates, pairs
+    steps = load_model(None).settings.updates_per_interaction  # per interaction: 9 of frames, then the pair's
+    assert last_row[:3] == ["10", str(10 * steps), "1"]  # frames, updates (gradient steps in all), pairs
     tre, dsc = float(text(page, "#tre-value")), float(text(page, "#dsc-value"))
+    quality = quality_readouts(page)
+    alarm_shown = page.query_selector("#quality-alarm") is not None
 
     assert text(page, "#pairs .pair-error").endswith(" mm")  # the pair's residual after the update
     mr_point = point(text(page, "#pairs .pair-mr"))
@@ -196,6 +220,10 @@ def test_a_clinician_sweeps_places_a_pair_and_reads_the_evaluation(page):
         page.click("#export-table")
     rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
     assert len(rows) == 10 and float(rows[-1]["tre_mm"]) == pytest.approx(tre, abs=0.001)
+    # The quality panel shows the Logic's last row: the alarm only when it rang.
+    assert alarm_shown == (float(rows[-1]["fold_alarm"]) == 1)
+    assert quality["spread"] == pytest.approx(float(rows[-1]["spread_mm"]), abs=0.005)
+    assert quality["spread_level"] == rows[-1]["spread_level"] == last_row[7]
 
 
 def test_a_bad_case_shows_a_message_and_the_app_keeps_working(page, tmp_path):
