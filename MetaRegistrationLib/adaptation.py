@@ -448,13 +448,13 @@ class AdaptationSession:
             return AdaptationResult(None, self.frame_count, self.updates,
                                 status=f"{self.frame_count} frame acquired; the first update needs {F_MIN}")
         self._problem, preparation_seconds = self._build()
-        if self.settings.restart:
-            self._restart()
         step_seconds, cancelled = [], False
-        for _ in range(self.settings.updates_per_interaction):
+        for step in range(self.settings.updates_per_interaction):
             if self._cancel.is_set():
                 cancelled = True
                 break
+            if step == 0 and self.settings.restart:  # not before: a cancel before any step keeps the weights
+                self._restart()
             start = self._clock()
             loss = adaptation_step(self.model, self.optimizer, self._problem, self.settings)
             step_seconds.append(self._clock() - start)

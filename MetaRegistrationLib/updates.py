@@ -1,6 +1,6 @@
 """Every update of a simulated sweep, measured: the true error beside the quality signals the session showed.
 
-``metareg quality`` (and the Slicer console) use it to test whether a quality signal predicts the error, and how
+``metareg quality`` uses it to test whether a quality signal predicts the error, and how
 much the result depends on the order the frames come in. A sweep's frames are those of ``metareg evaluate``
 (:func:`.registration.sweep_frames`: ``count`` planes spread uniformly over the TRUS gland), acquired in one of
 :data:`SWEEP_ORDERS`.
@@ -61,7 +61,8 @@ def ordered_frames(case: Case, count: int, order: str) -> list[Frame]:
     positions = sweep_positions(gland, count)
     if order == "left-to-right":
         positions = positions[::-1]
-    elif order == "shifted":  # each plane sits at the centre of its share of the gland, so a step stays inside
+    elif order == "shifted":  # each plane sits at the centre of its share of the gland: one voxel off stays
+        # inside it while the planes are fewer than half the gland's (a frame outside it would be refused)
         positions = [position - 1 for position in positions]
     elif order == "random":
         positions = list(np.random.default_rng(zlib.crc32(case.case_id.encode())).permutation(positions))

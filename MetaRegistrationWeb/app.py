@@ -45,8 +45,8 @@ SWEEP_TABLE_COLUMNS = (("frames", "frames"), ("updates", "updates"), ("pairs", "
                        ("inverse TRE mm", "inverse_tre"), ("DSC", "dsc"), ("spread mm", "spread"),
                        ("spread level", "spread_level"), ("s", "seconds"))
 """The evaluation panel's table: (title, key of a page row)."""
-SPREAD_CAPTION = ("Spread: how far the registration moves when each quarter of the frames is left out in turn; "
-                  f"{SPREAD_CAVEAT}: it is not a confidence.")
+SPREAD_CAPTION = ("Spread: how far the registration moves when each group of the frames is left out of its inputs "
+                  f"in turn; {SPREAD_CAVEAT}: it is not a confidence.")
 
 
 class MetaRegistrationWebApp:

@@ -7,7 +7,7 @@ signals the session showed (:mod:`MetaRegistrationLib.quality`).
 
 Writes in ``--out`` (together, or none): ``updates.csv`` (one row per update:
 ``MetaRegistrationLib.updates.UPDATE_COLUMNS``), ``quality.md`` (the tables printed) and ``quality_plot.png``
-(per frame count, the median TRE and the median of each signal; and TRE against the spread of every update).
+(per frame count, the median TRE and the median spread; and TRE against the spread of every update).
 Printed, for the first order: the Spearman correlation of each signal with TRE over all updates, over the updates
 at each frame count across cases, and with ``--folds K`` on each of K folds of the cases; TRE by spread
 level; and with several orders, each case's spread of the final TRE over the orders (max - min).

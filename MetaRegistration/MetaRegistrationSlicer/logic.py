@@ -510,7 +510,7 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
             self._sweepRows = sweepRows
         report.status = result.status[:1].upper() + result.status[1:]
         if report.registered:
-            report.status += f"; {report.totalSeconds:.2f} s; {report.quality.describe()}"
+            report.status += f"; {report.totalSeconds:.2f} s"
         if pending.unmatchedLabels:
             report.status += f"; unmatched landmark labels left out: {', '.join(pending.unmatchedLabels)}"
         self.reports.append(report)

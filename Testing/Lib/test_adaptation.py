@@ -463,6 +463,24 @@ def test_cancel_from_another_thread_stops_after_the_current_step(phantom, frames
     assert not following.cancelled and following.updates == 5
 
 
+def test_with_restart_a_cancel_before_the_first_step_keeps_the_adapted_weights(phantom, frames, monkeypatch):
+    session = new_session(phantom, fresh_network(), updates=2, restart=True)
+    session.add_frames(frames[:2])
+    adapted = {name: tensor.clone() for name, tensor in session.model.state_dict().items()}
+    build = session._build
+
+    def build_then_cancel(*args, **kwargs):
+        result = build(*args, **kwargs)
+        session.cancel()  # as a GUI's cancel arriving while the new frame's inputs are prepared
+        return result
+
+    monkeypatch.setattr(session, "_build", build_then_cancel)
+    result = session.add_frames([frames[2]])
+    assert result.cancelled and result.updates == 2 == session.updates
+    # Not back to the initial network: the overlay keeps the previous interaction's adaptation.
+    assert all(torch.equal(tensor, adapted[name]) for name, tensor in session.model.state_dict().items())
+
+
 def test_reset_returns_to_the_initial_network_and_forgets_everything(phantom, frames):
     network = fresh_network()
     session = new_session(phantom, network, updates=2)

@@ -57,7 +57,7 @@ def frames_of(phantom, count: int):
 
 # --- the signals ------------------------------------------------------------------------------------------------
 
-def test_jackknife_spread_of_two_replicates_is_their_half_distance_times_root_two():
+def test_jackknife_spread_of_two_replicates_at_plus_and_minus_d_is_d():
     """g = 2 replicates at +-d: sqrt((g-1)/g * (d^2 + d^2)) = d; identical replicates: 0."""
     mapped = np.zeros((2, 5, 3))
     mapped[0, :, 0], mapped[1, :, 0] = 1.5, -1.5
