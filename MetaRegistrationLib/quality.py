@@ -17,13 +17,14 @@ After every update of an :class:`~.adaptation.AdaptationSession` a clinician see
 
   reported as its median over the gland voxels, in mm; named small, medium or large by :func:`spread_level`.
 
-The change and the spread are measured on the TRUS voxels where the MR gland lands under the new ``phi`` (the
-whole grid if it lands nowhere); folding on the whole grid, the Dice on the voxels the frames cover. How well each signal predicts the true TRE is measured by ``metareg quality``
-(docs/RESULTS.md, issue 11; Spearman over all updates of the bundled model's sweeps): the spread does not
-predict it (+0.04 on val, +0.09 on the train split); the change weakly does on val only (+0.28; +0.03 on the
-train split); the acquired-gland Dice weakly does on both (-0.30 on val, -0.25 on the train split: a poorer fit,
-a larger error). So none is called a confidence: the spread says how much the registration depends on which frames were
-acquired, not how close it is to the truth; the folding alarm is the one signal to act on (tissue does not fold).
+The change and the spread are measured on the TRUS voxels where the MR gland lands under the new ``phi`` (the whole
+grid if it lands nowhere); folding on the whole grid, the Dice on the voxels the frames cover. How well each signal
+predicts the true TRE is measured by ``metareg quality`` (docs/RESULTS.md, issue 11; Spearman over all updates of
+the bundled model's sweeps): the spread does not predict it (+0.04 on val, +0.09 on the train split); the change
+weakly does on val only (+0.28; +0.03 on the train split); the acquired-gland Dice weakly does on both (-0.30 on
+val, -0.25 on the train split: a poorer fit, a larger error). So none is called a confidence: the spread says how
+much the registration depends on which frames were acquired, not how close it is to the truth; the folding alarm is
+the one signal to act on (tissue does not fold).
 """
 
 from __future__ import annotations

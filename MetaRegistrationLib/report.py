@@ -70,15 +70,16 @@ def markdown_report(rows: Sequence[CaseRow], summary: Sequence[SummaryRow], comm
           f"{s.mean_tre_mm:.2f}", f"{s.sd_tre_mm:.2f}", f"{s.mean_dsc:.3f}", f"{s.sd_dsc:.3f}",
           f"{s.median_inverse_tre_mm:.2f}"] for s in summary])
     case_table = _markdown_table(
-        ("case", "method", "frames", "TRE mm", "inverse TRE mm", "DSC", "HD95 mm", "folding %", "s", "landmark errors mm"),
+        ("case", "method", "frames", "TRE mm", "inverse TRE mm", "DSC", "HD95 mm", "folding %", "s",
+         "landmark errors mm"),
         [[r.case, r.method, "" if r.frames is None else str(r.frames), f"{r.tre_mm:.2f}", f"{r.inverse_tre_mm:.2f}",
-          f"{r.dsc:.3f}",
-          f"{r.hd95_mm:.2f}", f"{r.fold_pct:.3f}", f"{r.seconds:.3f}",
+          f"{r.dsc:.3f}", f"{r.hd95_mm:.2f}", f"{r.fold_pct:.3f}", f"{r.seconds:.3f}",
           " ".join(f"{e:.1f}" for e in r.landmark_errors_mm)] for r in rows])
     return (f"# Registration evaluation\n\n"
             f"- Command: `{command}`\n- Data: `{data}`\n- Date: {datetime.datetime.now().isoformat(timespec='seconds')}\n\n"
             "TRE: RMS over a case's landmarks of |phi(c_f) - c_m| (mm), the resampling direction; inverse TRE: "
-            "RMS of |phi^-1(c_m) - c_f| (mm), what a user sees with the MR landmarks under the registration; DSC: warped MR gland vs TRUS gland "
+            "RMS of |phi^-1(c_m) - c_f| (mm), what a user sees with the MR landmarks under the registration; "
+            "DSC: warped MR gland vs TRUS gland "
             "(threshold 0.5); HD95: 95th percentile Hausdorff distance of the glands; folding: % of voxels "
             "with a non-positive Jacobian determinant. sd is the sample standard deviation.\n\n"
             f"## Summary\n\n{summary_table}\n\n![TRE](tre_boxplot.png) ![DSC](dsc_boxplot.png)\n\n"

@@ -1,7 +1,7 @@
 """Every update of a simulated sweep, measured: the true error beside the quality signals the session showed.
 
-``metareg quality`` uses it to test whether a quality signal predicts the error, and how
-much the result depends on the order the frames come in. A sweep's frames are those of ``metareg evaluate``
+``metareg quality`` uses it to test whether a quality signal predicts the error, and how much the result
+depends on the order the frames come in. A sweep's frames are those of ``metareg evaluate``
 (:func:`.registration.sweep_frames`: ``count`` planes spread uniformly over the TRUS gland), acquired in one of
 :data:`SWEEP_ORDERS`.
 """
@@ -53,10 +53,14 @@ class UpdateRow:
     seconds: float
 
 
-def ordered_frames(case: Case, count: int, order: str) -> list[Frame]:
-    """The ``count`` frames of the case's sweep, acquired in ``order`` (one of :data:`SWEEP_ORDERS`)."""
+def _check_order(order: str) -> None:
     if order not in SWEEP_ORDERS:
         raise InputError(f"unknown sweep order {order!r}; choose one of {', '.join(SWEEP_ORDERS)}")
+
+
+def ordered_frames(case: Case, count: int, order: str) -> list[Frame]:
+    """The ``count`` frames of the case's sweep, acquired in ``order`` (one of :data:`SWEEP_ORDERS`)."""
+    _check_order(order)
     gland = case.fixed_labels.array[0]
     positions = sweep_positions(gland, count)
     if order == "left-to-right":
@@ -74,9 +78,8 @@ def evaluate_updates(dataset: Dataset, case_ids: Sequence[str], orders: Sequence
                      progress: Callable[[str], None] | None = None) -> list[UpdateRow]:
     """Sweep each case in each order with ``model``'s "meta" session (the bundled model if ``None``); one row per
     update. ``progress(case_id)`` is called after each case."""
-    for order in orders:
-        if order not in SWEEP_ORDERS:
-            raise InputError(f"unknown sweep order {order!r}; choose one of {', '.join(SWEEP_ORDERS)}")
+    for order in orders:  # before any case is read
+        _check_order(order)
     model = resolve_model(model)
     rows = []
     for case_id in case_ids:

@@ -2,8 +2,8 @@
 
 After a sweep of ``--frames`` frames, landmark pairs (the centroids of each case's landmark labels 1, 2, ...)
 are added one at a time as interactions; TRE is measured on the landmarks not given. With ``--pairs-after N``
-the pairs come after frame N instead (0: before the sweep) and the sweep goes on; TRE is measured at its end. ``--radius`` lists the
-local corrections to measure side by side (mm, 0 for the network alone; default: the model's
+the pairs come after frame N instead (0: before the sweep) and the sweep goes on; TRE is measured at its end.
+``--radius`` lists the local corrections to measure side by side (mm, 0 for the network alone; default: the model's
 ``landmark_radius_mm``), all from the same sessions (:func:`~MetaRegistrationLib.evaluation.evaluate_landmark_pairs`).
 
 Writes in ``--out``: ``pairs.csv`` (one row per case, pair count and radius:
