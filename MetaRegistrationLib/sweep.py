@@ -101,6 +101,32 @@ class Frame:
         return self.pose[:3, 2].copy()
 
 
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+"""ITU-R BT.601 weights of R, G and B: the intensity of a colour frame."""
+
+
+def frame_intensity(pixels: np.ndarray) -> np.ndarray:
+    """A frame's pixels as one intensity per pixel, float32 (V, U).
+
+    Ultrasound is grey, but some devices stream it over OpenIGTLink as RGB or RGBA (a vector image). Pixels of
+    shape (V, U) or (V, U, 1) are taken as they are; (V, U, 3) and (V, U, 4) become the BT.601 luma
+    ``0.299 R + 0.587 G + 0.114 B`` (alpha ignored), which is the grey value itself for a grey image stored as RGB.
+
+    Raises:
+        InputError: for any other number of components.
+    """
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    if pixels.ndim == 2:
+        return pixels
+    if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
+        return (pixels[..., :3] @ np.asarray(LUMA_WEIGHTS, dtype=np.float32)).astype(np.float32)
+    components = pixels.shape[-1] if pixels.ndim == 3 else None
+    raise InputError(f"a frame needs one intensity or RGB(A) per pixel, got {components} components" if components
+                     else f"a frame must be a 2D image, got shape {pixels.shape}")
+
+
 def plane_pose(origin, u_step, v_step) -> np.ndarray:
     """The pose of a frame whose pixel (0, 0) lies at ``origin`` (3,) and whose pixels step by ``u_step`` and
     ``v_step`` (3,), world vectors in mm; the normal (column 2) is ``u_step x v_step`` normalised."""

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "when torch sees one)")
         sub.add_argument("--time-limit", type=_minutes, metavar="MINUTES",
                          help="checkpoint and stop after this many minutes (resume later with --resume)")
+    segmenter = commands.add_parser("segmenter", help="train (or bundle) the 2D TRUS frame segmenter",
+                                    description=_segmenter_doc())
+    _segmenter_module().add_arguments(segmenter)
     sub = commands.add_parser("bundle", help="evaluate a run's checkpoint on val and write it as a model with its card")
     sub.add_argument("--run", type=Path, required=True, help="run folder")
     sub.add_argument("--checkpoint", default="latest", help="checkpoint name in the run folder (default: latest)")
@@ -66,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "segmenter":
+        try:
+            return _segmenter_module().run(args)
+        except MetaRegistrationError as error:
+            print(f"metareg-train: error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"metareg-train segmenter: interrupted; continue with --resume --run {args.run}", file=sys.stderr)
+            return INTERRUPTED
     if args.command == "bundle":
         try:
             metrics = bundle(args.run, args.checkpoint, args.out, args.version)
@@ -101,6 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     if final is not None and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 says it
         print(f"trained model: {final}.safetensors + {final}.json")
     return 0
+
+
+def _segmenter_module():
+    from . import segmenter
+
+    return segmenter
+
+
+def _segmenter_doc() -> str:
+    return "train the 2D TRUS frame segmenter on planes of the training split (Training/segmenter.py)"
 
 
 def _minutes(text: str) -> float:

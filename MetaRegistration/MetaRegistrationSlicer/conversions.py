@@ -41,7 +41,7 @@ from MetaRegistrationLib.data import Volume
 from MetaRegistrationLib.errors import InputError
 from MetaRegistrationLib.geometry import LPS_TO_RAS, Grid, Transform, apply_affine, resample
 from MetaRegistrationLib.metrics import landmark_centroids
-from MetaRegistrationLib.sweep import Frame, plane_pose
+from MetaRegistrationLib.sweep import Frame, frame_intensity, plane_pose
 
 GLAND_SEGMENT_NAMES = ("prostate", "gland")
 """Segment names (case-insensitive) taken as the gland when a segmentation holds several segments."""
@@ -120,15 +120,17 @@ def rasIndexToWorld(grid: Grid) -> np.ndarray:
 # --- volumes ----------------------------------------------------------------------------------------------------
 
 
-def _imageArray(volumeNode) -> np.ndarray:
+def _imageArray(volumeNode, components: bool = False) -> np.ndarray:
+    """A volume node's voxels (k, j, i), or (k, j, i, C) when ``components`` (a vector volume: RGB frames)."""
     image = volumeNode.GetImageData()
     if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
         raise InputError(f"{nodeName(volumeNode)}: holds no image data")
-    if image.GetNumberOfScalarComponents() != 1:
-        raise InputError(f"{nodeName(volumeNode)}: has {image.GetNumberOfScalarComponents()} components per voxel; "
-                         "a scalar volume is expected")
+    count = image.GetNumberOfScalarComponents()
+    if count != 1 and not components:
+        raise InputError(f"{nodeName(volumeNode)}: has {count} components per voxel; a scalar volume is expected")
     scalars = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
-    return scalars.reshape(tuple(reversed(image.GetDimensions()))).copy()
+    shape = tuple(reversed(image.GetDimensions())) + ((count,) if components else ())
+    return scalars.reshape(shape).copy()
 
 
 def _nodeIndexToWorld(volumeNode, world: bool) -> np.ndarray:
@@ -319,31 +321,48 @@ def frameGrid(frame: Frame) -> Grid:
     return gridFromIndexToWorld((columns, rows, 1), frame.pose)
 
 
-def frameFromNodes(frameVolumeNode, frameLabelNode, segmentId: str | None = None) -> Frame:
-    """A tracked frame (a single-slice scalar volume placed in 3D by its IJK-to-RAS and any linear parent
-    transform) and its gland label (segmentation or labelmap) as a library :class:`Frame` in TRUS world LPS.
+def framePixelsFromNode(frameVolumeNode) -> tuple[np.ndarray, np.ndarray]:
+    """A tracked frame's intensities (V, U) float32 and its pose (4, 4, as :class:`Frame`) in TRUS world LPS.
+
+    The frame is a single-slice volume placed in 3D by its IJK-to-RAS and every linear transform above it (a
+    tracked probe's ``ImageToReference``, and that transform's parents). A vector volume (RGB or RGBA, as
+    OpenIGTLink delivers some devices' images) becomes its luma (:func:`~MetaRegistrationLib.sweep.frame_intensity`).
 
     Raises:
-        InputError: naming the node for a 3D volume, an empty image, an empty gland, or a label not on the frame.
+        InputError: naming the node for a missing or 3D image, NaN values or pose, a non-linear parent, or pixels
+            of another number of components.
     """
     if frameVolumeNode is None:
         raise InputError("no frame image given")
     if not frameVolumeNode.IsA("vtkMRMLScalarVolumeNode") or frameVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
         raise InputError(f"{nodeName(frameVolumeNode)}: is a {frameVolumeNode.GetClassName()}; "
-                         "a frame is a scalar volume node")
-    if frameLabelNode is None:
-        raise InputError(f"{nodeName(frameVolumeNode)}: has no gland segmentation")
+                         "a frame is a scalar (or RGB vector) volume node")
     uAxis, vAxis = _frameAxes(frameVolumeNode)
-    values = _imageArray(frameVolumeNode).astype(np.float32)
-    # The array is (k, j, i); array axis 2 - a holds voxel axis a. Rows are v, columns u.
-    image = np.squeeze(values, axis=2 - (3 - uAxis - vAxis))
+    values = _imageArray(frameVolumeNode, components=True).astype(np.float32)
+    # The array is (k, j, i, C); array axis 2 - a holds voxel axis a. Rows are v, columns u.
+    try:
+        image = frame_intensity(np.squeeze(values, axis=2 - (3 - uAxis - vAxis)))
+    except InputError as error:
+        raise InputError(f"{nodeName(frameVolumeNode)}: {error}") from None
     indexToWorld = _nodeIndexToWorld(frameVolumeNode, world=True)
     if not np.isfinite(image).all():
         raise InputError(f"{nodeName(frameVolumeNode)}: contains NaN or infinite values")
     if not np.isfinite(indexToWorld).all():
         raise InputError(f"{nodeName(frameVolumeNode)}: its pose (IJK-to-RAS matrix or tracking transform) holds "
                          "NaN or infinite values")
-    pose = plane_pose(indexToWorld[:3, 3], indexToWorld[:3, uAxis], indexToWorld[:3, vAxis])
+    return image, plane_pose(indexToWorld[:3, 3], indexToWorld[:3, uAxis], indexToWorld[:3, vAxis])
+
+
+def frameFromNodes(frameVolumeNode, frameLabelNode, segmentId: str | None = None) -> Frame:
+    """A tracked frame (:func:`framePixelsFromNode`) and its gland label (segmentation or labelmap) as a library
+    :class:`Frame` in TRUS world LPS.
+
+    Raises:
+        InputError: naming the node for a 3D volume, an empty image, an empty gland, or a label not on the frame.
+    """
+    if frameVolumeNode is not None and frameLabelNode is None:
+        raise InputError(f"{nodeName(frameVolumeNode)}: has no gland segmentation")
+    image, pose = framePixelsFromNode(frameVolumeNode)
     gland = glandOnFrame(frameLabelNode, Frame(image, np.zeros_like(image), pose), segmentId)
     return Frame(image, gland, pose)
 
@@ -455,7 +474,8 @@ def markupsFromPoints(scene, points: dict[str, np.ndarray], name: str):
 def headlessScene() -> tuple:
     """A new MRML scene set up as 3D Slicer sets up its own, for ``slicer-core`` without the application
     (benchmarks, tests): the application logic and the module logics this module relies on (segmentations, whose
-    creation registers the segmentation converter rules, transforms, markups).
+    creation registers the segmentation converter rules, transforms, markups, sequences: stepping a browser updates
+    its proxy nodes).
 
     Returns:
         ``(scene, logics)``: keep ``logics`` referenced as long as the scene is used.
@@ -464,7 +484,7 @@ def headlessScene() -> tuple:
     application = slicer.vtkMRMLApplicationLogic()
     application.SetMRMLScene(scene)
     logics = [application, slicer.vtkSlicerSegmentationsModuleLogic(), slicer.vtkSlicerTransformLogic(),
-              slicer.vtkSlicerMarkupsLogic()]
+              slicer.vtkSlicerMarkupsLogic(), slicer.vtkSlicerSequencesLogic()]
     for logic in logics[1:]:
         logic.SetMRMLApplicationLogic(application)
         logic.SetMRMLScene(scene)

@@ -40,6 +40,7 @@ import slicer
 from MetaRegistrationLib.errors import InputError, MetaRegistrationError
 
 from . import tables
+from .live import LiveTrackingMixin
 from .evaluation import (  # noqa: F401 - part of this module's API
     EVALUATION_TABLE_NAME,
     SWEEP_COLUMNS,
@@ -179,7 +180,7 @@ class _NodeChanges:
             setattr(self._logic, name, node)
 
 
-class MetaRegistrationCoreLogic(EvaluationMixin):
+class MetaRegistrationCoreLogic(EvaluationMixin, LiveTrackingMixin):
     """Interactive MR-to-TRUS registration on a MRML scene (see the module docstring for an example).
 
     Args:
@@ -195,7 +196,9 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
         self._inputs: _SessionInputs | None = None
         self._givenLandmarkLabels: list[str] = []
         self._frameNames: list[str] = []  # the node each of the session's frames came from, for messages
+        self._framePlanes: list = []  # (pose, shape) of the session's frames, for the live frame selection
         self._cancelRequested = False
+        self._initLive()
         self.outputTransformNode = None
         self.outputVolumeNode = None
         self.outputSegmentationNode = None
@@ -276,6 +279,7 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
         from . import conversions
 
         self.scene  # noqa: B018 - a logic without a scene fails now, not at the first registration
+        self._refuseWhileLive()
         registered = get_method(method)
         for output in (outputTransform, outputVolume, outputSegmentation):
             if output is not None and output in (movingVolume, movingSegmentation, fixedVolume):
@@ -314,6 +318,7 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
             self.outputSegmentationNode = outputSegmentation
         self._givenLandmarkLabels = []
         self._frameNames = []
+        self._framePlanes = []
         self.reports = []
         self.lastTransform = None
         self._sweepTracking = None  # its TRUS gland was read on the previous session's grid
@@ -361,10 +366,12 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
 
     def endSession(self) -> None:
         """Forget the session and the output nodes (e.g. when the scene closes); input and output nodes stay."""
+        self.stopLiveTracking()
         self._session = None
         self._inputs = None
         self._sweepTracking = None
         self._frameNames = []
+        self._framePlanes = []
         self.outputTransformNode = self.outputVolumeNode = self.outputSegmentationNode = None
         self.sweepTableNode = self.sweepPlotChartNode = self.evaluationTableNode = None
         self.lastTransform = None
@@ -420,10 +427,15 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
         """Read a frame's nodes for :meth:`addFrame` (the checks that need no network happen here)."""
         from . import conversions
 
+        self._requireSession()
+        self._refuseWhileLive()
+        return self.prepareLibraryFrame(conversions.frameFromNodes(frameVolume, frameSegmentation, segmentId),
+                                        conversions.nodeName(frameVolume))
+
+    def prepareLibraryFrame(self, frame, description: str) -> PendingInteraction:
+        """An interaction adding a library ``Frame`` (already read from its nodes) named ``description``."""
         session = self._requireSession()
-        frame = conversions.frameFromNodes(frameVolume, frameSegmentation, segmentId)
-        pending = PendingInteraction(lambda: session.add_frames([frame]), conversions.nodeName(frameVolume),
-                                     session=session)
+        pending = PendingInteraction(lambda: session.add_frames([frame]), description, session=session)
         pending.frame = frame
         return pending
 
@@ -504,6 +516,7 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
         self._givenLandmarkLabels += pending.newLandmarkLabels
         if pending.frame is not None:
             self._frameNames.append(pending.description)
+            self._framePlanes.append((pending.frame.pose, pending.frame.shape))
         if result.transform is not None:
             self.lastTransform = result.transform
         if sweepRows is not None:
@@ -569,6 +582,7 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
         from . import conversions
 
         session = self._requireSession()
+        self._refuseWhileLive()
         labels, moving, fixed, movingOnly, fixedOnly = conversions.matchLandmarks(movingLandmarks, fixedLandmarks)
         new = [n for n, label in enumerate(labels) if label not in self._givenLandmarkLabels]
         if not new:
@@ -586,6 +600,7 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
         from MetaRegistrationLib.geometry import Transform
 
         session = self._requireSession()
+        self._refuseWhileLive()
         start = time.perf_counter()
         outputs = self._computeOutputs(Transform(np.eye(4)), create=False)
         state = session.snapshot()
@@ -602,6 +617,7 @@ class MetaRegistrationCoreLogic(EvaluationMixin):
         self._sweepRows = []
         self._givenLandmarkLabels = []
         self._frameNames = []
+        self._framePlanes = []
         self.reports = []
         self.lastTransform = None
         report = InteractionReport(outputSeconds=time.perf_counter() - start,

@@ -81,3 +81,76 @@ def started(scene, nodes, model, **kwargs) -> MetaRegistrationCoreLogic:
     logic = MetaRegistrationCoreLogic(scene)
     logic.startSession(nodes["MR"], nodes["MR segmentation"], nodes["TRUS"], modelPath=str(model), **kwargs)
     return logic
+
+
+class SimulatedStream:
+    """A PLUS/OpenIGTLink stream as OpenIGTLinkIF delivers it: one frame node (and its gland labelmap) whose
+    pixels and ``ImageToReference`` transform are updated in place, under a fixed ``ReferenceToRAS``.
+
+    Frame ``n`` of ``count`` is the sagittal plane swept linearly from just past the gland's highest j to just
+    past its lowest (the right-to-left sweep), with a random tracker jitter of ``jitter_mm`` per axis and
+    ``jitter_degrees`` about each axis; its pixels are cut from the TRUS volume at that pose.
+    """
+
+    def __init__(self, scene, case: Case, count: int = 60, jitter_mm: float = 0.3, jitter_degrees: float = 0.3,
+                 seed: int = 0):
+        from MetaRegistrationLib.geometry import LPS_TO_RAS, apply_affine
+        from MetaRegistrationLib.sweep import DEPTH_AXIS, PROBE_AXIS, gland_extent, plane_pose
+
+        self.case, self.count = case, count
+        grid = case.fixed_image.grid
+        rng = np.random.default_rng(seed)
+        low, high = gland_extent(case.fixed_labels.array[0])
+        self.shape = (grid.size[PROBE_AXIS], grid.size[DEPTH_AXIS])
+        self.poses = []
+        for j in np.linspace(high + 0.5, low - 0.5, count):
+            rotation = _small_rotation(rng.normal(0.0, jitter_degrees, 3))
+            index_to_world = grid.index_to_world
+            origin = apply_affine(index_to_world, [0.0, j, 0.0]) + rng.normal(0.0, jitter_mm, 3)
+            self.poses.append(plane_pose(origin, rotation @ index_to_world[:3, DEPTH_AXIS],
+                                         rotation @ index_to_world[:3, PROBE_AXIS]))
+        spacing = np.linalg.norm(self.poses[0][:3, :2], axis=0)
+        self._pixelToImage = np.diag([spacing[0], spacing[1], 1.0, 1.0])  # the frame node's own IJK-to-RAS
+        self._lpsToRas = LPS_TO_RAS
+        self.referenceToRas = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "ReferenceToRAS")
+        self.referenceToRas.SetMatrixTransformToParent(conversions.matrixFromArray(
+            np.array([[1, 0, 0, 2.0], [0, 1, 0, -1.0], [0, 0, 1, 0.5], [0, 0, 0, 1]])))
+        self.imageToReference = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "ImageToReference")
+        self.imageToReference.SetAndObserveTransformNodeID(self.referenceToRas.GetID())
+        self.frameNode = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Image_Reference")
+        self.glandNode = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "Image_Reference gland")
+        for node, dtype in ((self.frameNode, np.float32), (self.glandNode, np.uint8)):
+            slicer.util.updateVolumeFromArray(node, np.zeros((1, *self.shape), dtype=dtype))
+            node.SetIJKToRASMatrix(conversions.matrixFromArray(self._pixelToImage))
+            node.SetAndObserveTransformNodeID(self.imageToReference.GetID())
+        self.show(0)
+
+    def frame(self, n: int):
+        from MetaRegistrationLib.sweep import sample_frame
+
+        return sample_frame(self.case.fixed_image, self.case.fixed_labels.array[0], self.poses[n], self.shape)
+
+    def show(self, n: int) -> None:
+        """Frame ``n`` arrives: pixels and gland in place, then the transform (two messages, as over the wire)."""
+        frame = self.frame(n)
+        for node, values in ((self.frameNode, frame.image), (self.glandNode, frame.gland > 0.5)):
+            slicer.util.arrayFromVolume(node)[0] = values
+            slicer.util.arrayFromVolumeModified(node)
+        matrix = vtk.vtkMatrix4x4()
+        self.referenceToRas.GetMatrixTransformToParent(matrix)
+        referenceToRas = conversions.arrayFromMatrix(matrix)
+        imageToRas = self._lpsToRas @ self.poses[n] @ np.linalg.inv(self._pixelToImage)
+        self.imageToReference.SetMatrixTransformToParent(
+            conversions.matrixFromArray(np.linalg.inv(referenceToRas) @ imageToRas))
+
+
+def _small_rotation(degrees) -> np.ndarray:
+    """The rotation by ``degrees`` (3,) about x, then y, then z."""
+    rotation = np.eye(3)
+    for axis, angle in enumerate(np.radians(degrees)):
+        c, s = np.cos(angle), np.sin(angle)
+        other = [a for a in range(3) if a != axis]
+        step = np.eye(3)
+        step[np.ix_(other, other)] = [[c, -s], [s, c]]
+        rotation = step @ rotation
+    return rotation

@@ -1,0 +1,185 @@
+"""Live tracking: the frames PLUS streams over OpenIGTLink into one image node, turned into registration updates.
+
+OpenIGTLinkIF updates one image node in place (its image data, and its ``ImageToReference`` parent transform or
+its IJK-to-RAS) 20-30 times a second. :meth:`LiveTrackingMixin.startLiveTracking` observes that node (image data
+modified; transform modified anywhere in its parent chain, which MRML forwards to the node) and only marks it as
+changed: the frame is read at the next :meth:`~LiveTrackingMixin.pollLiveTracking`, so an image and its pose that
+arrive as two messages are read together, and a burst of events costs one read. Reading, frame selection and
+writing the outputs happen in ``pollLiveTracking`` on the main thread; the gradient steps run in a worker thread
+(:class:`MetaRegistrationLib.live.LiveStream`: one update running, at most one frame waiting, newer frames replace
+the waiting one; its docstring states the selection rule).
+
+Who calls ``pollLiveTracking``: the module's Widget from a 50 ms ``QTimer``; a console user can do the same::
+
+    logic.startLiveTracking(slicer.util.getNode("Image_Reference"))
+    timer = qt.QTimer(); timer.timeout.connect(logic.pollLiveTracking); timer.start(50)
+    ...
+    timer.stop(); logic.stopLiveTracking()
+
+The frame's gland comes from ``frameSegmentationNode`` when one is given (a segmenter upstream updates it with the
+frame), otherwise from the bundled frame segmenter (:mod:`MetaRegistrationLib.frame_segmenter`).
+"""
+
+from __future__ import annotations
+
+import slicer
+from MetaRegistrationLib.errors import InputError, MetaRegistrationError
+
+class LiveTrackingMixin:
+    """``startLiveTracking`` / ``pollLiveTracking`` / ``stopLiveTracking`` for ``MetaRegistrationCoreLogic``."""
+
+    def _initLive(self) -> None:
+        self._liveStream = None  # MetaRegistrationLib.live.LiveStream while tracking
+        self._lastLiveStream = None  # the stream of the last live tracking, for its counts and frames
+        self._liveNode = self._liveSegmentation = self._liveSegmentId = None
+        self._liveNodeName = ""
+        self._liveObservations: list = []
+        self._liveChanged = False
+        self._frameSegmenter = None
+        self.lastLiveReport = None
+
+    @property
+    def isLiveTracking(self) -> bool:
+        return self._liveStream is not None
+
+    @property
+    def liveCounts(self):
+        """The current (or last) stream's ``MetaRegistrationLib.live.StreamCounts``; ``None`` before any."""
+        stream = self._liveStream or self._lastLiveStream
+        return stream.counts if stream is not None else None
+
+    @property
+    def liveFrames(self) -> list:
+        """The library frames the current (or last) live stream added to the session, in order."""
+        stream = self._liveStream or self._lastLiveStream
+        return list(stream.frames) if stream is not None else []
+
+    def frameSegmenter(self):
+        """The bundled frame segmenter, loaded once."""
+        if self._frameSegmenter is None:
+            from MetaRegistrationLib.frame_segmenter import load_frame_segmenter
+
+            self._frameSegmenter = load_frame_segmenter()
+        return self._frameSegmenter
+
+    def startLiveTracking(self, frameNode, frameSegmentationNode=None, segmentId: str | None = None,
+                          minDistanceMm: float = 3.0, minAngleDegrees: float = 5.0, threaded: bool = True) -> str:
+        """Start registering the frames streamed into ``frameNode`` (module docstring); returns the status line.
+
+        Args:
+            frameNode: the single-slice scalar or RGB volume node OpenIGTLinkIF updates in place.
+            frameSegmentationNode: a segmentation or labelmap updated with each frame; ``None``: the bundled
+                frame segmenter predicts the gland.
+            minDistanceMm, minAngleDegrees: the frame selection thresholds
+                (:class:`MetaRegistrationLib.live.FrameSelection`).
+            threaded: run the gradient steps in a worker thread (``False``: inside ``pollLiveTracking``).
+
+        Raises:
+            MetaRegistrationLib.errors.MetaRegistrationError: one line naming the node, when there is no session,
+                live tracking already runs, or the node cannot be read as a frame now.
+        """
+        from MetaRegistrationLib.live import FrameSelection, LiveStream
+
+        from . import conversions
+
+        self._requireSession()
+        if self._liveStream is not None:
+            raise InputError(f"live tracking already runs on {conversions.nodeName(self._liveNode)}; stop it first")
+        selection = FrameSelection(float(minDistanceMm), float(minAngleDegrees))
+        conversions.framePixelsFromNode(frameNode)  # a node that cannot be a frame fails now, in one line
+        segment = None if frameSegmentationNode is not None else self.frameSegmenter().segment_frame
+        acquired = list(self._framePlanes)
+        self._liveStream = LiveStream(self._adaptLiveFrame, self._finishLiveFrame, selection, segment, acquired,
+                                      threaded=threaded)
+        self._liveNode, self._liveSegmentation, self._liveSegmentId = frameNode, frameSegmentationNode, segmentId
+        self._liveNodeName = conversions.nodeName(frameNode)
+        self._liveObservations = [(frameNode, frameNode.AddObserver(event, self._onLiveNodeModified))
+                                  for event in (slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent,
+                                                slicer.vtkMRMLTransformableNode.TransformModifiedEvent)]
+        self._liveChanged = True  # the frame there now is the first one
+        self.statusText = (f"Live tracking {conversions.nodeName(frameNode)} (glands "
+                           f"{'from ' + conversions.nodeName(frameSegmentationNode) if frameSegmentationNode else 'predicted'}"
+                           f"; new plane: {selection.min_distance_mm:g} mm or {selection.min_angle_degrees:g} degrees)")
+        return self.statusText
+
+    def _onLiveNodeModified(self, caller, event) -> None:
+        self._liveChanged = True
+
+    def pollLiveTracking(self):
+        """Read the frame if it changed, finish an update whose steps are done and start the next (main thread).
+
+        Returns:
+            The ``InteractionReport`` of an update finished by this call, else ``None``. Errors never propagate:
+            a frame that cannot be read or registered is counted as failed with its message in the status.
+        """
+        import numpy as np
+        from MetaRegistrationLib.sweep import Frame
+
+        from . import conversions
+
+        stream = self._liveStream
+        if stream is None:
+            return None
+        self.lastLiveReport = None
+        if self._liveChanged:
+            self._liveChanged = False
+            try:
+                image, pose = conversions.framePixelsFromNode(self._liveNode)
+                gland = None
+                if self._liveSegmentation is not None:
+                    gland = self._liveGland(Frame(image, np.zeros_like(image), pose))
+                if gland is None and self._liveSegmentation is not None:
+                    stream.counts.seen += 1
+                    stream.counts.unsegmented += 1
+                else:
+                    stream.offer(image, pose, gland)
+            except MetaRegistrationError as error:
+                stream.counts.seen += 1
+                stream.counts.failed += 1
+                stream.counts.last_error = str(error)
+        stream.poll()
+        self.statusText = f"Live: {stream.counts.describe()}"
+        return self.lastLiveReport
+
+    def _liveGland(self, frame):
+        """The given segmentation's gland on a live frame, or ``None`` when it holds none there."""
+        from . import conversions
+
+        try:
+            return conversions.glandOnFrame(self._liveSegmentation, frame, self._liveSegmentId)
+        except InputError as error:
+            if "empty" in str(error) or "no gland pixel" in str(error):
+                return None
+            raise
+
+    def _adaptLiveFrame(self, frame):
+        """Worker thread: the gradient steps of one accepted frame (touches no MRML node)."""
+        pending = self.prepareLibraryFrame(frame, f"{self._liveNodeName} (live frame {len(self._framePlanes) + 1})")
+        pending.adapt()
+        return pending
+
+    def _finishLiveFrame(self, frame, pending) -> None:
+        """Main thread: write the outputs of a finished live update (raises its error, counted by the stream)."""
+        self.lastLiveReport = self.finishInteraction(pending)
+
+    def stopLiveTracking(self) -> str:
+        """Stop observing the frame node: the running update is finished and applied, a waiting frame dropped.
+        Returns the final status line (frames seen / accepted / skipped, last update time)."""
+        stream = self._liveStream
+        if stream is None:
+            return self.statusText
+        for node, tag in self._liveObservations:
+            node.RemoveObserver(tag)
+        self._liveObservations = []
+        stream.stop()
+        self._liveStream, self._lastLiveStream = None, stream
+        self._liveNode = self._liveSegmentation = None
+        self.statusText = f"Live tracking stopped: {stream.counts.describe()}"
+        if stream.counts.dropped:
+            self.statusText += "; the frame waiting at the stop was dropped"
+        return self.statusText
+
+    def _refuseWhileLive(self) -> None:
+        """Other interactions would race the live stream's worker for the session: refuse them while it runs."""
+        if self._liveStream is not None:
+            raise InputError("live tracking is running: stop it before adding frames, pairs or resetting by hand")
