@@ -183,3 +183,154 @@ class LiveTrackingMixin:
         """Other interactions would race the live stream's worker for the session: refuse them while it runs."""
         if self._liveStream is not None:
             raise InputError("live tracking is running: stop it before adding frames, pairs or resetting by hand")
+
+    # --- recorded sweeps ------------------------------------------------------------------------------------------
+
+    def addFrameSequence(self, frameSequence, segmentationSequence=None, progress=None, browserNode=None,
+                         minDistanceMm: float = 3.0, minAngleDegrees: float = 5.0) -> list:
+        """Add a recorded sweep (a sequence of frames) item by item, through the live frame selection.
+
+        Where the pose is: a PLUS/SlicerIGT recording keeps the image sequence and an ``ImageToReference``
+        transform sequence in one sequence browser, and a sequence stores no parent transforms. So when
+        ``frameSequence`` is in a browser (``browserNode``, or the scene's browser that holds it) the browser is
+        stepped to each item and the frame read from its proxy node with every transform above it, as the
+        Sequences module shows it; the browser is put back on its item afterwards. A sequence in no browser is read
+        item by item in each frame's own geometry (the pose in its IJK-to-RAS).
+
+        The gland of each frame: the item of ``segmentationSequence`` at the same index value (its proxy, when it
+        is in the browser), or the bundled frame segmenter's when ``segmentationSequence`` is ``None``.
+
+        With a browser, the output transform after each update is recorded into a sequence synchronised with it
+        (:data:`RESULT_SEQUENCE_NAME`, the output transform as its proxy), so scrubbing the browser shows the
+        registration as it was at each frame.
+
+        ``progress(index, status)`` is called after each item; :meth:`cancel` stops before the next one.
+
+        Returns:
+            The ``InteractionReport`` of every frame added (near-duplicates are skipped and counted in the status).
+
+        Raises:
+            MetaRegistrationLib.errors.MetaRegistrationError: naming the sequence for a missing item, or the frame
+                whose update failed (the frames before it stay in the session).
+        """
+        import numpy as np
+        from MetaRegistrationLib.live import FrameSelection, LiveStream
+        from MetaRegistrationLib.sweep import Frame
+
+        from . import conversions
+
+        self._requireSession()
+        self._refuseWhileLive()
+        for sequence, what in ((frameSequence, "frame"), (segmentationSequence, "segmentation")):
+            if sequence is None and what == "segmentation":
+                continue
+            if sequence is None or not sequence.IsA("vtkMRMLSequenceNode"):
+                raise InputError(f"no {what} sequence given" if sequence is None else
+                                 f"{conversions.nodeName(sequence)}: is not a sequence node")
+        browser = browserNode or self._browserOf(frameSequence)
+        reports = []
+
+        def finish(frame, pending):
+            reports.append(self.finishInteraction(pending))
+
+        segment = None if segmentationSequence is not None else self.frameSegmenter().segment_frame
+        stream = LiveStream(self._adaptRecordedFrame, finish,
+                            FrameSelection(float(minDistanceMm), float(minAngleDegrees)), segment,
+                            list(self._framePlanes), threaded=False)
+        results = _ResultRecorder(self, frameSequence, browser)
+        selected = browser.GetSelectedItemNumber() if browser is not None else None
+        self._cancelRequested = False
+        try:
+            for n in range(frameSequence.GetNumberOfDataNodes()):
+                if self._cancelRequested:
+                    break
+                value = frameSequence.GetNthIndexValue(n)
+                self._recordedItem = f"{conversions.nodeName(frameSequence)} item {n + 1} ({value})"
+                frameNode, glandNode = self._recordedNodes(frameSequence, segmentationSequence, browser, n, value)
+                try:
+                    image, pose = conversions.framePixelsFromNode(frameNode)
+                    gland = None if glandNode is None else conversions.glandOnFrame(
+                        glandNode, Frame(image, np.zeros_like(image), pose))
+                except InputError as error:
+                    raise InputError(f"{self._recordedItem}: {error}") from None
+                before = len(reports)
+                stream.offer(image, pose, gland)
+                stream.poll()
+                if stream.counts.failed:
+                    raise InputError(stream.counts.last_error)
+                if len(reports) > before and reports[-1].registered:
+                    results.record(value)
+                if progress is not None:
+                    progress(n, f"{self._recordedItem}: {stream.counts.describe()}")
+        finally:
+            if browser is not None:
+                browser.SetSelectedItemNumber(selected)
+            results.synchronise()
+        if reports:
+            reports[-1].status += f"; sweep: {stream.counts.describe()}"
+            self.statusText = reports[-1].status
+        return reports
+
+    def _adaptRecordedFrame(self, frame):
+        pending = self.prepareLibraryFrame(frame, self._recordedItem)
+        pending.adapt()
+        return pending
+
+    def _browserOf(self, sequence):
+        """The scene's sequence browser that holds ``sequence`` (master or synchronised), or ``None``."""
+        for n in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode")):
+            browser = self.scene.GetNthNodeByClass(n, "vtkMRMLSequenceBrowserNode")
+            if browser.IsSynchronizedSequenceNodeID(sequence.GetID(), True):
+                return browser
+        return None
+
+    def _recordedNodes(self, frameSequence, segmentationSequence, browser, n: int, value: str):
+        """(frame node, gland node or ``None``) of item ``n`` (index value ``value``) of a recording."""
+        from . import conversions
+
+        if browser is None:
+            frameNode = frameSequence.GetNthDataNode(n)
+        else:
+            master = browser.GetMasterSequenceNode()
+            browser.SetSelectedItemNumber(master.GetItemNumberFromIndexValue(value, False))
+            frameNode = browser.GetProxyNode(frameSequence)
+        glandNode = None
+        if segmentationSequence is not None:
+            synchronised = browser is not None and browser.IsSynchronizedSequenceNodeID(segmentationSequence.GetID(),
+                                                                                          True)
+            glandNode = (browser.GetProxyNode(segmentationSequence) if synchronised
+                         else segmentationSequence.GetDataNodeAtValue(value))
+            if glandNode is None:
+                raise InputError(f"{conversions.nodeName(segmentationSequence)}: has no item at index value "
+                                 f"{value!r} for frame {n + 1} of {conversions.nodeName(frameSequence)}")
+        return frameNode, glandNode
+
+
+RESULT_SEQUENCE_NAME = "MR to TRUS (MetaRegistration) per frame"
+
+
+class _ResultRecorder:
+    """The output transform after each update of a recorded sweep, as a sequence synchronised with its browser
+    (proxy: the output transform), so that stepping the browser shows the registration at that frame."""
+
+    def __init__(self, logic, frameSequence, browser):
+        self._logic, self._frameSequence, self._browser = logic, frameSequence, browser
+        self.sequence = None
+
+    def record(self, value: str) -> None:
+        transform = self._logic.outputTransformNode
+        if self._browser is None or transform is None:
+            return
+        if self.sequence is None:
+            self.sequence = self._logic.scene.AddNewNodeByClass("vtkMRMLSequenceNode", RESULT_SEQUENCE_NAME)
+            self.sequence.SetIndexName(self._frameSequence.GetIndexName())
+            self.sequence.SetIndexUnit(self._frameSequence.GetIndexUnit())
+            self.sequence.SetIndexType(self._frameSequence.GetIndexType())
+        self.sequence.SetDataNodeAtValue(transform, value)
+
+    def synchronise(self) -> None:
+        if self.sequence is None:
+            return
+        self._browser.AddSynchronizedSequenceNode(self.sequence.GetID())
+        self._browser.AddProxyNode(self._logic.outputTransformNode, self.sequence, False)
+        self._browser.SetSaveChanges(self.sequence, False)

@@ -547,26 +547,6 @@ class MetaRegistrationCoreLogic(EvaluationMixin, LiveTrackingMixin):
                 progress(index, reports[-1].status)
         return reports
 
-    def addFrameSequence(self, frameSequence, segmentationSequence,
-                         progress: Callable[[int, str], None] | None = None) -> list[InteractionReport]:
-        """Add the frames of a sequence node, in order, each with the item of ``segmentationSequence`` at the same
-        index value (a sequence of segmentation or labelmap nodes)."""
-        from . import conversions
-
-        for sequence, what in ((frameSequence, "frame"), (segmentationSequence, "segmentation")):
-            if sequence is None or not sequence.IsA("vtkMRMLSequenceNode"):
-                raise InputError(f"no {what} sequence given" if sequence is None else
-                                 f"{conversions.nodeName(sequence)}: is not a sequence node")
-        pairs = []
-        for n in range(frameSequence.GetNumberOfDataNodes()):
-            value = frameSequence.GetNthIndexValue(n)
-            label = segmentationSequence.GetDataNodeAtValue(value)
-            if label is None:
-                raise InputError(f"{conversions.nodeName(segmentationSequence)}: has no item at index value "
-                                 f"{value!r} for frame {n + 1} of {conversions.nodeName(frameSequence)}")
-            pairs.append((frameSequence.GetNthDataNode(n), label))
-        return self.addFrames(pairs, progress)
-
     def addLandmarks(self, movingLandmarks, fixedLandmarks) -> InteractionReport:
         """Add the landmark pairs (MR point, TRUS point) matched by control point label that were not given yet,
         as one interaction. Labels in one node only are reported in the result, not used.

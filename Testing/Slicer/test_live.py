@@ -19,7 +19,7 @@ from MetaRegistrationLib.registration import run_sweep, sweep_session  # noqa: E
 from MetaRegistrationSlicer import conversions  # noqa: E402
 from MetaRegistrationSlicer.logic import MetaRegistrationCoreLogic  # noqa: E402
 
-from slicer_cases import SimulatedStream  # noqa: E402
+from slicer_cases import SimulatedStream, shifted_case, started  # noqa: E402, F401 - shifted_case is a fixture
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -131,3 +131,80 @@ def test_live_tracking_refuses_what_cannot_be_a_frame_in_one_line(mrml_scene, re
     with pytest.raises(InputError, match="min_distance_mm must be a finite number"):
         FrameSelection(min_distance_mm=float("nan"))
     assert not logic.isLiveTracking
+
+
+# --- recorded sweeps ----------------------------------------------------------------------------------------------
+
+def _recording(scene, case, layout: str, count: int = 5):
+    """A recorded sweep of ``count`` sagittal frames in a sequence browser, its pose either in each frame's
+    geometry (``"geometry"``) or in a synchronised ``ImageToReference`` transform sequence (``"transform"``, the
+    PLUS layout: every stored image has the same local geometry). Returns (browser, images, glands, frames)."""
+    from MetaRegistrationLib.geometry import LPS_TO_RAS
+    from MetaRegistrationLib.registration import sweep_frames
+
+    frames = sweep_frames(case, count)
+    images = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "Image_Reference sequence")
+    glands = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "gland sequence")
+    poses = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "ImageToReference sequence")
+    pixelToImage = np.diag([*frames[0].spacing, 1.0, 1.0])
+    for n, frame in enumerate(frames):
+        value = f"{0.5 * n:.3f}"  # seconds, as PLUS time-stamps
+        image, gland = conversions.frameNodesFromFrame(scene, frame, f"recorded {n}")
+        if layout == "transform":
+            for node in (image, gland):
+                node.SetIJKToRASMatrix(conversions.matrixFromArray(pixelToImage))
+            transform = slicer.vtkMRMLLinearTransformNode()
+            transform.SetMatrixTransformToParent(conversions.matrixFromArray(
+                LPS_TO_RAS @ frame.pose @ np.linalg.inv(pixelToImage)))
+            poses.SetDataNodeAtValue(transform, value)
+        images.SetDataNodeAtValue(image, value)
+        glands.SetDataNodeAtValue(gland, value)
+        scene.RemoveNode(image)
+        scene.RemoveNode(gland)
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "Recording")
+    browser.SetAndObserveMasterSequenceNodeID(images.GetID())
+    browser.AddSynchronizedSequenceNode(glands.GetID())
+    if layout == "transform":
+        browser.AddSynchronizedSequenceNode(poses.GetID())
+    browser.SetSelectedItemNumber(0)
+    if layout == "transform":  # the proxies sit under the pose proxy, as in a PLUS recording scene
+        for sequence in (images, glands):
+            browser.GetProxyNode(sequence).SetAndObserveTransformNodeID(browser.GetProxyNode(poses).GetID())
+    return browser, images, glands, frames
+
+
+@pytest.mark.parametrize("layout", ["geometry", "transform"])
+def test_a_recording_is_read_through_its_browser_with_each_frames_pose(mrml_scene, shifted_case, tiny_model, layout):
+    """Both recording layouts give the registration of the same frames added one by one, and the output transform
+    of each update is recorded into a sequence synchronised with the recording's browser."""
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
+    browser, images, glands, frames = _recording(mrml_scene, shifted_case, layout)
+    browser.SetSelectedItemNumber(2)
+    logic = started(mrml_scene, nodes, tiny_model)
+    reports = logic.addFrameSequence(images, glands, minDistanceMm=1.0)
+    assert [r.frames for r in reports] == [1, 2, 3, 4, 5]
+    assert browser.GetSelectedItemNumber() == 2  # put back where the user had it
+    one_by_one = started(mrml_scene, nodes, tiny_model)
+    for n, frame in enumerate(frames):
+        one_by_one.addFrame(*conversions.frameNodesFromFrame(mrml_scene, frame, f"single {n}"))
+    grid = shifted_case.fixed_image.grid
+    np.testing.assert_allclose(logic.lastTransform.map_grid(grid), one_by_one.lastTransform.map_grid(grid),
+                               atol=1e-6)
+    results = mrml_scene.GetFirstNodeByName("MR to TRUS (MetaRegistration) per frame")
+    assert results is not None and results.GetNumberOfDataNodes() == 4  # one per update, from the 2nd frame
+    assert browser.IsSynchronizedSequenceNodeID(results.GetID(), False)
+    browser.SetSelectedItemNumber(4)  # the last frame: the registration at the end
+    at_end = conversions.transformFromNode(logic.outputTransformNode, grid).map_grid(grid)
+    np.testing.assert_allclose(at_end, logic.lastTransform.map_grid(grid), atol=1e-4)
+    browser.SetSelectedItemNumber(1)  # the second frame: the first update's registration, not the last
+    at_second = conversions.transformFromNode(logic.outputTransformNode, grid).map_grid(grid)
+    assert np.abs(at_second - at_end).max() > 1e-3
+
+
+def test_a_sequence_in_no_browser_is_read_in_each_frames_own_geometry(mrml_scene, shifted_case, tiny_model):
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
+    browser, images, glands, _ = _recording(mrml_scene, shifted_case, "geometry")
+    mrml_scene.RemoveNode(browser)
+    logic = started(mrml_scene, nodes, tiny_model)
+    assert logic.addFrameSequence(images, glands, minDistanceMm=1.0)[-1].frames == 5
+    assert mrml_scene.GetFirstNodeByName("MR to TRUS (MetaRegistration) per frame") is None

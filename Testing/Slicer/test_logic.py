@@ -122,7 +122,8 @@ def test_sequence_is_consumed_frame_by_frame_like_single_frames(mrml_scene, shif
         glands.SetDataNodeAtValue(gland, str(n))
     seen = []
     from_sequence = started(mrml_scene, nodes, tiny_model)
-    reports = from_sequence.addFrameSequence(images, glands, progress=lambda index, status: seen.append(index))
+    reports = from_sequence.addFrameSequence(images, glands, progress=lambda index, status: seen.append(index),
+                                             minDistanceMm=0.0)
     assert seen == [0, 1, 2, 3] and [r.frames for r in reports] == [1, 2, 3, 4]
     one_by_one = started(mrml_scene, nodes, tiny_model)
     for image, gland in frames:
