@@ -14,6 +14,7 @@ Slicer loads this file.
 import logging
 import os
 import pathlib
+import threading
 from typing import Annotated, Optional, Union
 
 import qt
@@ -42,6 +43,8 @@ from MetaRegistrationSlicer import dependencies
 from MetaRegistrationSlicer.logic import MetaRegistrationCoreLogic
 
 README_URL = "https://github.com/SlicerMetaRegistration/SlicerMetaRegistration#use-in-3d-slicer"
+POLL_INTERVAL_MS = 50
+"""How often the GUI polls a running update (and, in live mode, the streamed frame node)."""
 
 
 #
@@ -87,6 +90,8 @@ class MetaRegistrationParameterNode:
     movingLandmarks, fixedLandmarks: MR and TRUS fiducials, paired by control point label.
     fixedSegmentation: the TRUS gland, for evaluation only.
     outputTransform, outputVolume, outputSegmentation: where results go (created at the first update if empty).
+    showUnderTransform: put the MR, its segmentation and its fiducials under the output transform (default).
+    resampleVolume: also resample the MR onto the TRUS grid at every update (for export).
     """
 
     movingVolume: vtkMRMLScalarVolumeNode
@@ -102,7 +107,8 @@ class MetaRegistrationParameterNode:
     outputTransform: vtkMRMLTransformNode
     outputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
-    resampleVolume: bool = True
+    resampleVolume: bool = False
+    showUnderTransform: bool = True
     trackSweep: bool = False
     modelPath: pathlib.Path
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
@@ -121,6 +127,8 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._running = False
+        self._liveTimer = None
+        self._backgroundTimer = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -135,6 +143,7 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.startButton.connect("clicked(bool)", self.onStartButton)
         self.ui.addFrameButton.connect("clicked(bool)", self.onAddFrameButton)
+        self.ui.liveButton.connect("toggled(bool)", self.onLiveButton)
         self.ui.addSequenceButton.connect("clicked(bool)", self.onAddSequenceButton)
         self.ui.addLandmarksButton.connect("clicked(bool)", self.onAddLandmarksButton)
         self.ui.resetButton.connect("clicked(bool)", self.onResetButton)
@@ -144,6 +153,7 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self._stopLive()
         self.removeObservers()
 
     def onReload(self) -> None:
@@ -162,6 +172,7 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self._stopLive()
         self.setParameterNode(None)
         self.logic.endSession()
 
@@ -188,9 +199,15 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if p is None:
             return
         missing = self.logic.missingInputs(p.movingVolume, p.movingSegmentation, p.fixedVolume)
-        self.ui.startButton.enabled = not missing and not self._running
+        self.ui.startButton.enabled = not missing and not self._running and not self.logic.isLiveTracking
         self.ui.startButton.text = missing or ("Restart session" if self.logic.hasSession else "Start session")
-        session = self.logic.hasSession and not self._running
+        live = self.logic.isLiveTracking
+        session = self.logic.hasSession and not self._running and not live
+        liveMissing = not self.logic.hasSession and "Start a session first" or not p.frameVolume and "Select a frame"
+        self.ui.liveButton.enabled = live or (self.logic.hasSession and not self._running and not liveMissing)
+        self.ui.liveButton.text = ("Stop live tracking" if live else liveMissing or
+                                   ("Live (glands from the frame segmentation)" if p.frameSegmentation
+                                    else "Live (glands predicted)"))
         frameMissing = (not self.logic.hasSession and "Start a session first"
                         or not p.frameVolume and "Select a frame"
                         or not p.frameSegmentation and "Select the frame's gland segmentation")
@@ -262,9 +279,75 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showReport(report)
 
     def onAddFrameButton(self) -> None:
+        """Read the frame now, adapt in a worker thread (the GUI stays responsive), write the outputs when done."""
+        pending = None
         with slicer.util.tryWithErrorDisplay("Failed to add the frame.", waitCursor=True):
             p = self._parameterNode
-            self._showReport(self.logic.addFrame(p.frameVolume, p.frameSegmentation))
+            pending = self.logic.prepareFrame(p.frameVolume, p.frameSegmentation)
+        if pending is None:
+            return
+        worker = threading.Thread(target=pending.adapt, name="metareg-add-frame", daemon=True)
+        self._running = True
+        self.ui.statusLabel.text = f"Adapting to {pending.description}..."
+        self._updateButtons()
+        worker.start()
+
+        def finishWhenDone():
+            if worker.is_alive():
+                return
+            self._backgroundTimer.stop()
+            self._running = False
+            try:
+                with slicer.util.tryWithErrorDisplay("Failed to add the frame."):
+                    self._showReport(self.logic.finishInteraction(pending))
+            finally:
+                self._updateButtons()
+
+        self._backgroundTimer = qt.QTimer()
+        self._backgroundTimer.timeout.connect(finishWhenDone)
+        self._backgroundTimer.start(POLL_INTERVAL_MS)
+
+    def onLiveButton(self, checked: bool) -> None:
+        """Start or stop live tracking of the selected frame node; a timer polls the Logic on the main thread (it
+        reads frames and writes outputs there, the gradient steps run in its worker thread)."""
+        if not checked:
+            self._stopLive()
+            return
+        if self.logic.isLiveTracking:
+            return
+        started = False
+        with slicer.util.tryWithErrorDisplay("Failed to start live tracking.", waitCursor=True):
+            if not self._ensureDependencies():
+                return
+            p = self._parameterNode
+            self.ui.statusLabel.text = self.logic.startLiveTracking(p.frameVolume, p.frameSegmentation)
+            started = True
+        if not started:
+            self.ui.liveButton.checked = False
+            return
+        self._liveTimer = qt.QTimer()
+        self._liveTimer.timeout.connect(self._onLiveTimer)
+        self._liveTimer.start(POLL_INTERVAL_MS)
+        self._updateButtons()
+
+    def _onLiveTimer(self) -> None:
+        report = self.logic.pollLiveTracking()
+        if report is not None:
+            self._showReport(report)
+        self.ui.statusLabel.text = self.logic.statusText  # frames seen / accepted / skipped, last update time
+
+    def _stopLive(self) -> None:
+        if self._liveTimer is not None:
+            self._liveTimer.stop()
+            self._liveTimer = None
+        if self.logic is not None and self.logic.isLiveTracking:
+            self.logic.cancel()  # the running update stops after its current gradient step
+            self.ui.statusLabel.text = self.logic.stopLiveTracking()
+        if self.ui.liveButton.checked:
+            self.ui.liveButton.blockSignals(True)
+            self.ui.liveButton.checked = False
+            self.ui.liveButton.blockSignals(False)
+        self._updateButtons()
 
     def onAddSequenceButton(self) -> None:
         if self._running:

@@ -133,6 +133,9 @@ class _SessionInputs:
     fixedGrid: object  # MetaRegistrationLib.geometry.Grid
     fixedVolumeName: str
     resampleVolume: bool
+    movingVolumeId: str = ""
+    fixedVolumeId: str = ""
+    shownUnderTransform: tuple = ()  # the MR nodes placed under the output transform at each registration
 
 
 @dataclass
@@ -250,7 +253,8 @@ class MetaRegistrationCoreLogic(EvaluationMixin, LiveTrackingMixin):
     def startSession(self, movingVolume, movingSegmentation, fixedVolume, modelPath: str | None = None,
                      device: str = "cpu", movingSegmentId: str | None = None, outputTransform=None,
                      outputVolume=None, outputSegmentation=None, resampleVolume: bool = False,
-                     method: str = "meta", precision: str = "auto") -> InteractionReport:
+                     method: str = "meta", precision: str = "auto", movingLandmarks=None,
+                     showUnderTransform: bool = True) -> InteractionReport:
         """Start registering an MR to a TRUS sweep (a session already running is replaced).
 
         Args:
@@ -267,6 +271,10 @@ class MetaRegistrationCoreLogic(EvaluationMixin, LiveTrackingMixin):
                 created at the first registration when omitted (the resampled MR only if ``resampleVolume``).
             method: a sweep method of ``MetaRegistrationLib.registration.METHODS`` ("meta", "meta-noadapt",
                 "random-init"); the registry builds the session.
+            showUnderTransform: at each registration, put the MR volume, its segmentation and ``movingLandmarks``
+                (the MR fiducials, if given) under the output transform, so Slicer shows them on the TRUS without
+                resampling (as SlicerElastix does); they are read in their own coordinates, so this changes
+                nothing the registration sees. The resampled MR (``resampleVolume``) is then only for export.
 
         Raises:
             MetaRegistrationLib.errors.MetaRegistrationError: with a one-line message naming the node at fault
@@ -306,9 +314,11 @@ class MetaRegistrationCoreLogic(EvaluationMixin, LiveTrackingMixin):
                                            fixedGrid, model=model, device=device, precision=precision)
         # Everything is checked: only now does the new session replace the old one.
         self._session = session
+        shown = (movingVolume, movingSegmentation) + ((movingLandmarks,) if movingLandmarks is not None else ())
         self._inputs = _SessionInputs(conversions.nodeName(movingVolume), movingImage, movingGland, segments,
                                       fixedGrid, conversions.nodeName(fixedVolume),
-                                      resampleVolume or outputVolume is not None)
+                                      resampleVolume or outputVolume is not None, movingVolume.GetID() or "",
+                                      fixedVolume.GetID() or "", shown if showUnderTransform else ())
         # Outputs given now replace those of a previous session, which are otherwise reused.
         if outputTransform is not None:
             self.outputTransformNode = outputTransform
@@ -336,7 +346,8 @@ class MetaRegistrationCoreLogic(EvaluationMixin, LiveTrackingMixin):
 
         ``parameterNode`` is a ``MetaRegistrationParameterNode`` or any object with its fields (``movingVolume``,
         ``movingSegmentation``, ``fixedVolume``, ``modelPath``, ``device``, ``outputTransform``, ``outputVolume``,
-        ``outputSegmentation``, ``resampleVolume``, ``trackSweep``, ``movingLandmarks``, ``fixedLandmarks``,
+        ``outputSegmentation``, ``resampleVolume``, ``showUnderTransform``, ``trackSweep``, ``movingLandmarks``,
+        ``fixedLandmarks``,
         ``fixedSegmentation``).
 
         Raises:
@@ -359,7 +370,8 @@ class MetaRegistrationCoreLogic(EvaluationMixin, LiveTrackingMixin):
         report = self.startSession(p.movingVolume, p.movingSegmentation, p.fixedVolume,
                                    modelPath=self.modelPathOf(p.modelPath), device=p.device,
                                    outputTransform=p.outputTransform, outputVolume=p.outputVolume,
-                                   outputSegmentation=p.outputSegmentation, resampleVolume=p.resampleVolume)
+                                   outputSegmentation=p.outputSegmentation, resampleVolume=p.resampleVolume,
+                                   movingLandmarks=p.movingLandmarks, showUnderTransform=p.showUnderTransform)
         if tracking is not None:
             self._startSweepTracking(tracking)
         return report
@@ -519,6 +531,7 @@ class MetaRegistrationCoreLogic(EvaluationMixin, LiveTrackingMixin):
             self._framePlanes.append((pending.frame.pose, pending.frame.shape))
         if result.transform is not None:
             self.lastTransform = result.transform
+            self._showUnderOutputTransform()
         if sweepRows is not None:
             self._sweepRows = sweepRows
         report.status = result.status[:1].upper() + result.status[1:]
@@ -612,6 +625,19 @@ class MetaRegistrationCoreLogic(EvaluationMixin, LiveTrackingMixin):
             self._session.cancel()
 
     # --- outputs ------------------------------------------------------------------------------------------------
+
+    def _showUnderOutputTransform(self) -> None:
+        """Record the inputs on the output transform (node references ``movingVolume`` and ``fixedVolume``, as a
+        registration module's result names what it registered) and put the MR nodes chosen at the start under it."""
+        transform = self._liveOutput("outputTransformNode")
+        if transform is None:
+            return
+        for role, nodeId in (("movingVolume", self._inputs.movingVolumeId), ("fixedVolume", self._inputs.fixedVolumeId)):
+            if nodeId and transform.GetNodeReferenceID(role) != nodeId:
+                transform.SetNodeReferenceID(role, nodeId)
+        for node in self._inputs.shownUnderTransform:
+            if node.GetScene() is not None and node.GetTransformNodeID() != transform.GetID():
+                node.SetAndObserveTransformNodeID(transform.GetID())
 
     def _liveOutput(self, name: str):
         """An output node, or ``None`` when there is none or the user deleted it (it is then replaced, not written

@@ -89,6 +89,13 @@ def test_inputs_are_unchanged_and_outputs_are_new_nodes(mrml_scene, shifted_case
     logic.evaluate(nodes["MR points"], nodes["TRUS points"], logic.outputTransformNode, nodes["MR segmentation"],
                    nodes["TRUS segmentation"])
     logic.reset()
+    # Only the MR volume and its segmentation changed: they are shown under the output transform (the default).
+    output = logic.outputTransformNode
+    assert [nodes[name].GetTransformNodeID() for name in ("MR", "MR segmentation")] == [output.GetID()] * 2
+    assert output.GetNodeReferenceID("movingVolume") == nodes["MR"].GetID()
+    assert output.GetNodeReferenceID("fixedVolume") == nodes["TRUS"].GetID()
+    for name in ("MR", "MR segmentation"):
+        nodes[name].SetAndObserveTransformNodeID(None)
     assert {node.GetID(): checksum(node) for node in inputs} == before
     added = node_classes(mrml_scene) - classes
     assert added == collections.Counter({
@@ -316,7 +323,7 @@ def parameter_node(nodes, **changes) -> types.SimpleNamespace:
     """What the module's parameter node holds, as plain attributes."""
     fields = dict(movingVolume=nodes["MR"], movingSegmentation=nodes["MR segmentation"], fixedVolume=nodes["TRUS"],
                   modelPath=None, device="cpu", outputTransform=None, outputVolume=None, outputSegmentation=None,
-                  resampleVolume=True, trackSweep=False, movingLandmarks=nodes["MR points"],
+                  resampleVolume=True, showUnderTransform=True, trackSweep=False, movingLandmarks=nodes["MR points"],
                   fixedLandmarks=nodes["TRUS points"], fixedSegmentation=nodes["TRUS segmentation"])
     return types.SimpleNamespace(**{**fields, **changes})
 
@@ -534,3 +541,33 @@ def test_non_finite_landmarks_and_poses_are_refused_before_any_step(mrml_scene, 
     assert np.isfinite(logic._session.predict().displacement).all()
     frames[2][0].SetAndObserveTransformNodeID(None)
     assert logic.addLandmarks(nodes["MR points"], nodes["TRUS points"]).landmarkPairs == 3
+
+
+def test_the_mr_is_shown_under_the_transform_which_hardens_inverts_and_exports(mrml_scene, shifted_case, tiny_model,
+                                                                                tmp_path):
+    """The default overlay: MR, its segmentation and its fiducials under the output transform. Hardening a copy
+    of the MR fiducials carries them onto the TRUS by phi^-1, and the transform exported as .h5 and read back in
+    SimpleITK maps the TRUS fiducials as the node does (0.1 mm)."""
+    import SimpleITK as sitk
+
+    nodes = conversions.caseNodes(mrml_scene, shifted_case)
+    logic = started(mrml_scene, nodes, tiny_model, movingLandmarks=nodes["MR points"])
+    logic.addFrames(frame_nodes(mrml_scene, shifted_case, 4))
+    output = logic.outputTransformNode
+    assert all(nodes[name].GetTransformNodeID() == output.GetID()
+               for name in ("MR", "MR segmentation", "MR points"))
+    mr = conversions.pointsFromMarkups(nodes["MR points"], world=False)
+    copy_of_mr = conversions.markupsFromPoints(mrml_scene, mr, "MR points copy")
+    copy_of_mr.SetAndObserveTransformNodeID(output.GetID())
+    slicer.vtkSlicerTransformLogic().hardenTransform(copy_of_mr)
+    hardened = conversions.pointsFromMarkups(copy_of_mr, world=False)
+    labels = sorted(mr)
+    expected = logic.lastTransform.inverse_map_points(np.array([mr[label] for label in labels]))
+    np.testing.assert_allclose([hardened[label] for label in labels], expected, atol=0.05)
+    path = logic.saveNode(output, tmp_path / "mr-to-trus.h5")
+    exported = sitk.ReadTransform(str(path))
+    trus = conversions.pointsFromMarkups(nodes["TRUS points"], world=True)
+    node_mapping = conversions.transformFromNode(output, shifted_case.fixed_image.grid)
+    for label, point in trus.items():
+        through_file = np.array(exported.TransformPoint(tuple(float(x) for x in point)))
+        assert np.linalg.norm(through_file - node_mapping.map_points(point)) < 0.1, label
