@@ -68,12 +68,14 @@ class SummaryRow:
 def evaluate_cases(dataset: Dataset, case_ids: Sequence[str], method: str, frame_counts: Sequence[int] = (),
                    model: ModelSource = None,
                    progress: Callable[[str], None] | None = None, label: str | None = None,
-                   precision: str = "auto", device: str | torch.device = "cpu") -> list[CaseRow]:
+                   precision: str = "auto", device: str | torch.device = "cpu", frame_glands: str = "true"
+                   ) -> list[CaseRow]:
     """Register and measure every case; ``progress(case_id)`` is called after each case.
 
     ``model`` is a checkpoint path or a :class:`~.models.Model` in memory (the bundled model if ``None``);
     ``label`` names the method in the rows (default: ``method``), e.g. to tell two models apart; ``precision`` is
-    the network's arithmetic (:mod:`~.precision`) and ``device`` where it runs (:mod:`~.devices`).
+    the network's arithmetic (:mod:`~.precision`) and ``device`` where it runs (:mod:`~.devices`);
+    ``frame_glands``: a sweep's frame glands from the label or the frame segmenter (:data:`~.registration.FRAME_GLANDS`).
     """
     get_method(method)  # an unknown name fails before any case is read
     if model is not None:
@@ -82,7 +84,7 @@ def evaluate_cases(dataset: Dataset, case_ids: Sequence[str], method: str, frame
     for case_id in case_ids:
         with naming_the_case(case_id):
             case = dataset.load(case_id)
-            for result in run_method(method, case, frame_counts, model, precision, device):
+            for result in run_method(method, case, frame_counts, model, precision, device, frame_glands):
                 metrics = evaluate_transform(case, result.transform)
                 rows.append(CaseRow(case_id, label or method, result.frames, result.updates, metrics.tre_mm,
                                     metrics.dsc, metrics.fold_pct, result.seconds, metrics.hd95_mm,

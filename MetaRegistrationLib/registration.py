@@ -56,8 +56,11 @@ class MethodResult:
 
 
 CaseRegistration = Callable[..., Iterator[MethodResult]]
-"""``(case, frame_counts, model, precision="auto", device="cpu") -> results``; methods without a model ignore
-``model``, ``precision`` and ``device``."""
+"""``(case, frame_counts, model, precision="auto", device="cpu", frame_glands="true") -> results``; methods without
+a model ignore ``model``, ``precision`` and ``device``, whole-volume methods ``frame_glands``."""
+FRAME_GLANDS = ("true", "predicted")
+"""Where a sweep's frame glands come from: the TRUS gland label, or the bundled frame segmenter
+(:mod:`.frame_segmenter`), as in the operating room."""
 SessionFactory = Callable[..., AdaptationSession]
 """``(model, moving_image, moving_labels, fixed_grid, device="cpu", precision="auto", spread=True) -> session`` of a
 sweep method (the arguments of :class:`~.adaptation.AdaptationSession`; ``spread=False`` skips the quality signals'
@@ -125,7 +128,7 @@ def get_method(name: str) -> Method:
 
 def _alignment(name: str) -> CaseRegistration:
     def register(case: Case, frame_counts: Sequence[int], model: ModelSource, precision: str = "auto",
-                 device: str | torch.device = "cpu") -> Iterator[MethodResult]:
+                 device: str | torch.device = "cpu", frame_glands: str = "true") -> Iterator[MethodResult]:
         start = time.perf_counter()
         # These baselines use the whole TRUS volume (and, for "centroid", its whole gland label).
         matrix = initial_alignment(name, case.fixed_image.grid, case.moving_image.grid,
@@ -181,10 +184,25 @@ def _session_factory(adapt: bool = True, untrained: bool = False) -> SessionFact
     return start
 
 
-def sweep_frames(case: Case, count: int = SWEEP_FRAMES) -> list[Frame]:
-    """The ``count`` frames of a right-to-left sweep over the case's TRUS gland, in acquisition order."""
+def sweep_frames(case: Case, count: int = SWEEP_FRAMES, frame_glands: str = "true") -> list[Frame]:
+    """The ``count`` frames of a right-to-left sweep over the case's TRUS gland, in acquisition order, with their
+    glands from the label (``"true"``) or the bundled frame segmenter (``"predicted"``; a frame where it finds no
+    gland is left out, as the live mode skips it)."""
+    if frame_glands not in FRAME_GLANDS:
+        raise InputError(f"frame glands must be one of {', '.join(FRAME_GLANDS)}, got {frame_glands!r}")
     gland = case.fixed_labels.array[0]
-    return [extract_frame(case.fixed_image, gland, p) for p in sweep_positions(gland, count)]
+    frames = [extract_frame(case.fixed_image, gland, p) for p in sweep_positions(gland, count)]
+    if frame_glands == "predicted":
+        segmenter = _frame_segmenter()
+        frames = [frame for frame in map(segmenter.segment_frame, frames) if frame.gland.any()]
+    return frames
+
+
+@functools.lru_cache(maxsize=1)
+def _frame_segmenter():
+    from .frame_segmenter import load_frame_segmenter
+
+    return load_frame_segmenter()
 
 
 def run_sweep(session: AdaptationSession, frames: Sequence[Frame]) -> Iterator[AdaptationResult]:
@@ -205,13 +223,15 @@ def sweep_session(case: Case, model: ModelSource = None, method: str = "meta", p
 
 def _sweep(name: str) -> CaseRegistration:
     def register(case: Case, frame_counts: Sequence[int], model: ModelSource, precision: str = "auto",
-                 device: str | torch.device = "cpu") -> Iterator[MethodResult]:
+                 device: str | torch.device = "cpu", frame_glands: str = "true") -> Iterator[MethodResult]:
         counts = sorted(set(frame_counts)) or [SWEEP_FRAMES]
         if counts[0] < F_MIN:
             raise InputError(f"a sweep method registers from {F_MIN} frames on; frame counts {counts} start lower")
         session = sweep_session(case, model, name, precision, device, spread=False)  # its rows report no quality
-        for result in run_sweep(session, sweep_frames(case, counts[-1])):
-            if result.frames in counts:
+        frames = sweep_frames(case, counts[-1], frame_glands)
+        for result in run_sweep(session, frames):
+            # With predicted glands a frame may be left out: the sweep's end is then reported at its own count.
+            if result.frames in counts or result.frames == len(frames) < counts[-1]:
                 yield MethodResult(result.transform, result.seconds, result.frames, result.updates)
 
     return register
@@ -230,7 +250,8 @@ BEST_METHOD = "meta"
 
 
 def run_method(name: str, case: Case, frame_counts: Sequence[int] = (), model: ModelSource = None,
-               precision: str = "auto", device: str | torch.device = "cpu") -> Iterator[MethodResult]:
+               precision: str = "auto", device: str | torch.device = "cpu", frame_glands: str = "true"
+               ) -> Iterator[MethodResult]:
     """Register ``case`` with the named method (a model-based one uses ``model``, the bundled model by
     default, with the network's arithmetic ``precision`` on ``device``); yields its results in order."""
-    return get_method(name).register(case, frame_counts, model, precision, device)
+    return get_method(name).register(case, frame_counts, model, precision, device, frame_glands)

@@ -25,6 +25,8 @@ SUBCOMMANDS = {
     "compare": "paired Wilcoxon test of two evaluations' per-case TRE and DSC",
     "pairs": "what clinician landmark pairs buy after a sweep: TRE on held-out landmarks",
     "quality": "per-update quality signals against the true TRE, and the result's dependence on the frames' order",
+    "live": "register a live OpenIGTLink stream (PLUS) outside Slicer: --igtl HOST:PORT",
+    "segment": "the frame segmenter on a split: Dice on a sweep's planes and by distance from the gland's edge, time",
 }
 """Subcommand -> its help line; the module ``Training.<name>`` implements it."""
 

@@ -23,7 +23,7 @@ from MetaRegistrationLib.files import check_output_folder
 from MetaRegistrationLib.models import load_model, training_domain
 from MetaRegistrationLib.devices import DEVICE_NAMES, torch_device
 from MetaRegistrationLib.precision import PRECISIONS, resolve_precision
-from MetaRegistrationLib.registration import METHODS, get_method
+from MetaRegistrationLib.registration import FRAME_GLANDS, METHODS, get_method
 from MetaRegistrationLib.report import OUTPUT_FILES, write_evaluation
 from MetaRegistrationLib.settings import AdaptationSettings, replaced
 
@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the network's arithmetic (default: %(default)s: bf16 where the hardware has it)")
     parser.add_argument("--device", default="cpu",
                         help=f"where the network runs: {', '.join(DEVICE_NAMES)} or cuda:N (default: %(default)s)")
+    parser.add_argument("--frame-glands", choices=FRAME_GLANDS, default="true",
+                        help="a sweep's frame glands: the TRUS label, or predicted by the bundled frame segmenter, "
+                             "as in the operating room (default: %(default)s)")
     parser.add_argument("--label", help="name of the method in the tables (default: --method), e.g. for another --model")
     add_output_arguments(parser, "output folder")
 
@@ -58,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
                          "override")
     if args.model is not None and not method.uses_model:
         raise InputError(f"--model: method {args.method!r} uses no model")
+    if args.frame_glands != "true" and not method.sweep:
+        raise InputError(f"--frame-glands: method {args.method!r} registers the whole TRUS volume; frame glands "
+                         "apply to sweep methods")
     if args.frames and not method.sweep:
         raise InputError(f"--frames: method {args.method!r} registers the whole TRUS volume; frame counts apply to "
                          "sweep methods")
@@ -78,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update()
 
         rows = evaluate_cases(dataset, case_ids, args.method, args.frames, model, progress=advance, label=args.label,
-                              precision=args.precision, device=device)
+                              precision=args.precision, device=device, frame_glands=args.frame_glands)
     summary = summarise(rows)
     command = "metareg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     write_evaluation(args.out, rows, summary, command, args.data)

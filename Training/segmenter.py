@@ -39,6 +39,7 @@ from MetaRegistrationLib.files import atomic_path
 from MetaRegistrationLib.frame_segmenter import (FrameSegmenter, SegmenterConfig, SegmenterNet, frame_logits,
                                                  load_frame_segmenter, normalise_intensity, save_frame_segmenter)
 from MetaRegistrationLib.geometry import apply_affine
+from MetaRegistrationLib.metrics import dice
 from MetaRegistrationLib.sweep import (DEPTH_AXIS, PROBE_AXIS, gland_extent, plane_pose, sample_frame,
                                        sagittal_pose, sweep_positions)
 
@@ -148,12 +149,6 @@ def sweep_planes(case: Case) -> list[tuple[np.ndarray, np.ndarray]]:
     gland = case.fixed_labels.array[0]
     return [(case.fixed_image.array[0][:, j, :], (gland[:, j, :] > 0.5).astype(np.float32))
             for j in sweep_positions(gland, SWEEP_FRAMES)]
-
-
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two 0/1 masks (1 when both are empty)."""
-    total = float(prediction.sum() + truth.sum())
-    return 1.0 if total == 0 else 2.0 * float((prediction * truth).sum()) / total
 
 
 def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
