@@ -61,7 +61,7 @@ class MetaRegistrationWebApp:
     """
 
     def __init__(self, dataDir: str | None = None, caseId: str | None = None, modelPath: str | None = None,
-                 method: str = "meta", server=None):
+                 method: str = "meta", server=None, frameGlands: str = "true"):
         from trame.app import get_server
         from trame_slicer.core import LayoutManager, SlicerApp
         from trame_slicer.rca_view import register_rca_factories
@@ -74,6 +74,7 @@ class MetaRegistrationWebApp:
         self.layoutManager.register_layout_dict({"MetaRegistration": _layout()})
         self.modelPath = modelPath
         self.method = method
+        self.frameGlands = frameGlands
         self.workflow: workflow_module.SweepWorkflow | None = None
         self._playing = False
         self._pairWaiting = False
@@ -102,7 +103,8 @@ class MetaRegistrationWebApp:
         self._stopObserving()
         scene.Clear(False)  # views, slice nodes and the interaction node are singletons: they stay
         self.workflow = None
-        self.workflow = workflow_module.SweepWorkflow(scene, case, self.modelPath, method=self.method)
+        self.workflow = workflow_module.SweepWorkflow(scene, case, self.modelPath, method=self.method,
+                                                      frameGlands=self.frameGlands)
         for node in (self.workflow.mrPairPoints, self.workflow.trusPairPoints):
             node.SetControlPointLabelFormat("P%d")  # the n-th MR point pairs with the n-th TRUS point
             self._observations.append((node, node.AddObserver(node.PointPositionDefinedEvent, self._onPointPlaced)))
@@ -476,12 +478,13 @@ def _plotDataUrl(rows: list[dict]) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def main(dataDir: str | None, caseId: str | None, modelPath: str | None, port: int, method: str = "meta") -> int:
+def main(dataDir: str | None, caseId: str | None, modelPath: str | None, port: int, method: str = "meta",
+         frameGlands: str = "true") -> int:
     """Serve the app on 127.0.0.1:``port`` until interrupted (the ``metareg-app`` command)."""
     import os
 
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     sys.argv = sys.argv[:1]  # trame reads its own options from the command line; ours are parsed already
-    app = MetaRegistrationWebApp(dataDir, caseId, modelPath, method)
+    app = MetaRegistrationWebApp(dataDir, caseId, modelPath, method, frameGlands=frameGlands)
     app.server.start(port=port, host="127.0.0.1", open_browser=False, timeout=0)
     return 0

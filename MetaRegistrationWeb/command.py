@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="model stem (NAME of NAME.safetensors + NAME.json; default: bundled)")
     parser.add_argument("--method", default="meta", help="sweep method of the registry that registers the case "
                         "(default: %(default)s; e.g. meta-noadapt)")
+    parser.add_argument("--frame-glands", choices=("true", "predicted"), default="true",
+                        help="the simulated frames' glands: the case's TRUS label, or predicted by the bundled frame "
+                             "segmenter (default: %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default {DEFAULT_PORT})")
     return parser
 
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise InputError(f"the web app needs trame-slicer ({error}); install it with: pip install "
                          "'slicer-meta-registration[app]'") from None
-    return app.main(args.data, args.case, args.model, args.port, args.method)
+    return app.main(args.data, args.case, args.model, args.port, args.method, args.frame_glands)
 
 
 def main(argv: list[str] | None = None) -> int:

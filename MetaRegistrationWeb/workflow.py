@@ -45,15 +45,17 @@ class SweepWorkflow:
         modelPath: the model (stem of ``.safetensors`` + ``.json``); the bundled meta-initialisation if omitted.
         frameCount: frames in the simulated sweep.
         method: the sweep method of ``MetaRegistrationLib.registration.METHODS`` that registers it.
+        frameGlands: the frames' glands from the case's TRUS label (``"true"``) or the bundled frame segmenter
+            (``"predicted"``, as in the operating room, where no one draws them).
     """
 
     def __init__(self, scene, case: Case, modelPath: str | Path | None = None, frameCount: int = SWEEP_FRAMES,
-                 method: str = "meta"):
+                 method: str = "meta", frameGlands: str = "true"):
         self.scene = scene
         self.case = case
         self.logic = MetaRegistrationCoreLogic(scene)
         self.nodes = conversions.caseNodes(scene, case)
-        self._sweep = sweep_frames(case, frameCount)
+        self._sweep = sweep_frames(case, frameCount, frameGlands)
         self._acquired = []
         self._frameNodes = []  # (volume, labelmap) of each frame handed to the Logic, the last one maybe pending
         self.mrPairPoints = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "MR pair points")

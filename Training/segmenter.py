@@ -61,7 +61,12 @@ class SegmenterTraining:
     tilt_degrees: float = 6.0
     rotate_degrees: float = 10.0
     shift_pixels: float = 3.0
+    edge_share: float = 0.0
+    """Share of planes drawn from the outer ``EDGE_PLANES`` planes of each side of the gland (where a 2D segmenter
+    fails first); the rest are drawn uniformly."""
 
+
+EDGE_PLANES = 3
 
 def patient_groups(dataset: Dataset, case_ids: list[str]) -> list[list[str]]:
     """Cases grouped by patient: cases whose MR volumes are identical belong to one patient (data README)."""
@@ -98,7 +103,12 @@ def random_plane(case: Case, rng: np.random.Generator, settings: SegmenterTraini
     gland = case.fixed_labels.array[0]
     low, high = gland_extent(gland)
     margin = settings.beyond_edge_planes
-    position = int(rng.integers(max(0, low - margin), min(grid.size[1] - 1, high + margin) + 1))
+    if rng.random() < settings.edge_share:
+        side = int(rng.integers(2))
+        offset = int(rng.integers(EDGE_PLANES))
+        position = low + offset if side == 0 else high - offset
+    else:
+        position = int(rng.integers(max(0, low - margin), min(grid.size[1] - 1, high + margin) + 1))
     pose = sagittal_pose(grid, position)
     shape = (grid.size[PROBE_AXIS], grid.size[DEPTH_AXIS])
     centre = apply_affine(pose, [(shape[1] - 1) / 2, (shape[0] - 1) / 2, 0.0])
@@ -168,14 +178,18 @@ def train_segmenter(data: Path, run: Path, resume: bool, settings: SegmenterTrai
     dataset = Dataset(data)
     fitting, held = inner_fold(patient_groups(dataset, dataset.select("train")))
     log_path, latest, best = run / "log.csv", run / "latest", run / "best"
+    loaded = None
+    if resume:
+        if not (latest.with_suffix(".json")).is_file():
+            raise InputError(f"{run}: no latest checkpoint to resume from")
+        loaded = load_frame_segmenter(latest)  # a resumed run continues with its own settings and architecture
+        settings = SegmenterTraining(**loaded.card["provenance"]["training"])
+        config = loaded.config
     torch.manual_seed(settings.seed)
     network = SegmenterNet(config)
     optimizer = torch.optim.Adam(network.parameters(), lr=settings.learning_rate)
     start_epoch, best_dice = 0, -1.0
-    if resume:
-        if not (latest.with_suffix(".json")).is_file():
-            raise InputError(f"{run}: no latest checkpoint to resume from")
-        loaded = load_frame_segmenter(latest)
+    if loaded is not None:
         network.load_state_dict(loaded.network.state_dict())
         optimizer.load_state_dict(torch.load(run / "latest-optimizer.pt", weights_only=True))
         start_epoch = loaded.card["provenance"]["epochs_done"]
@@ -254,8 +268,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
     parser.add_argument("--epochs", type=int, default=SegmenterTraining.epochs, help="epochs (default: %(default)s)")
     parser.add_argument("--time-limit", type=float, metavar="MINUTES", help="stop after this many minutes")
+    parser.add_argument("--features", type=_features, default=SegmenterConfig.features,
+                        help="BasicUNet feature counts, six comma-separated (default: %(default)s)")
+    parser.add_argument("--edge-share", type=float, default=SegmenterTraining.edge_share,
+                        help="share of training planes drawn at the gland's edges (default: %(default)s)")
     parser.add_argument("--bundle", type=Path, metavar="OUT", help="write the run's best checkpoint as a model and stop")
     parser.add_argument("--version", default="1.0.0", help="the bundled model's version (default: %(default)s)")
+
+
+def _features(text: str) -> tuple[int, ...]:
+    try:
+        features = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected six comma-separated integers, got {text!r}") from None
+    if len(features) != 6 or min(features) < 1:
+        raise argparse.ArgumentTypeError(f"expected six positive feature counts, got {text!r}")
+    return features
 
 
 def run(args: argparse.Namespace) -> int:
@@ -270,7 +298,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--epochs must be at least 1, got {args.epochs}")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     best = train_segmenter(args.data or default_data_dir(), args.run, args.resume,
-                           SegmenterTraining(epochs=args.epochs),
-                           None if args.time_limit is None else args.time_limit * 60)
+                           SegmenterTraining(epochs=args.epochs, edge_share=args.edge_share),
+                           None if args.time_limit is None else args.time_limit * 60,
+                           SegmenterConfig(features=args.features))
     print(f"best checkpoint: {best}.safetensors + {best}.json")
     return 0

@@ -203,3 +203,17 @@ def test_the_app_command_refuses_what_the_page_would_report_before_serving(tmp_p
         assert main(["--port", str(port)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and f"--port {port}: 127.0.0.1:{port} cannot be used" in error
+
+
+def test_the_workflow_can_predict_the_frames_glands(mrml_scene, real_data_dir):
+    """``frameGlands="predicted"``: the simulated frames carry the bundled segmenter's glands, not the label's."""
+    from MetaRegistrationLib.data import Dataset
+    from MetaRegistrationLib.metrics import dice
+
+    dataset = Dataset(real_data_dir)
+    case = dataset.load(dataset.split("val")[0])
+    flow = SweepWorkflow(mrml_scene, case, frameCount=4, frameGlands="predicted")
+    truth = sweep_frames(case, 4)
+    predicted = [frame.gland for frame in flow._sweep]
+    assert any(not np.array_equal(p, t.gland) for p, t in zip(predicted, truth))
+    assert all(dice(p, t.gland) > 0.5 for p, t in zip(predicted[1:3], truth[1:3]))
