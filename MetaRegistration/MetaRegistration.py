@@ -245,9 +245,9 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.outputVolume = self.logic.outputVolumeNode
             p.outputSegmentation = self.logic.outputSegmentationNode
         firstRegistration = report.registered and sum(r.registered for r in self.logic.reports) == 1
-        if firstRegistration and self.logic.outputVolumeNode is not None:
-            slicer.util.setSliceViewerLayers(background=p.fixedVolume, foreground=self.logic.outputVolumeNode,
-                                             foregroundOpacity=0.5)
+        overlay = self.logic.outputVolumeNode or (p.movingVolume if p.showUnderTransform else None)
+        if firstRegistration and overlay is not None:  # the resampled MR, or the MR under the transform
+            slicer.util.setSliceViewerLayers(background=p.fixedVolume, foreground=overlay, foregroundOpacity=0.5)
         self._updateButtons()
 
     def _showQuality(self, quality) -> None:
@@ -317,13 +317,12 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         started = False
         with slicer.util.tryWithErrorDisplay("Failed to start live tracking.", waitCursor=True):
-            if not self._ensureDependencies():
-                return
-            p = self._parameterNode
-            self.ui.statusLabel.text = self.logic.startLiveTracking(p.frameVolume, p.frameSegmentation)
-            started = True
+            if self._ensureDependencies():
+                p = self._parameterNode
+                self.ui.statusLabel.text = self.logic.startLiveTracking(p.frameVolume, p.frameSegmentation)
+                started = True
         if not started:
-            self.ui.liveButton.checked = False
+            self._uncheckLive()
             return
         self._liveTimer = qt.QTimer()
         self._liveTimer.timeout.connect(self._onLiveTimer)
@@ -342,12 +341,18 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._liveTimer = None
         if self.logic is not None and self.logic.isLiveTracking:
             self.logic.cancel()  # the running update stops after its current gradient step
-            self.ui.statusLabel.text = self.logic.stopLiveTracking()
+            status = self.logic.stopLiveTracking()
+            if self.logic.lastLiveReport is not None:  # the update finished at the stop: its outputs too
+                self._showReport(self.logic.lastLiveReport)
+            self.ui.statusLabel.text = status
+        self._uncheckLive()
+        self._updateButtons()
+
+    def _uncheckLive(self) -> None:
         if self.ui.liveButton.checked:
             self.ui.liveButton.blockSignals(True)
             self.ui.liveButton.checked = False
             self.ui.liveButton.blockSignals(False)
-        self._updateButtons()
 
     def onAddSequenceButton(self) -> None:
         if self._running:

@@ -43,10 +43,12 @@ class SegmenterConfig:
         features: ``BasicUNet`` feature counts, five levels and the last block (4 poolings, so inputs are padded
             to a multiple of 16 pixels).
         pixel_mm: the pixel size in mm the network was trained at; frames are resampled to it.
+        dropout: ``BasicUNet``'s dropout in training (none at inference).
     """
 
     features: tuple[int, ...] = (16, 32, 64, 128, 256, 16)
     pixel_mm: float = 1.5
+    dropout: float = 0.0
 
     @property
     def size_multiple(self) -> int:
@@ -63,7 +65,7 @@ class SegmenterNet(torch.nn.Module):
 
         self.config = config
         self.unet = BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=tuple(config.features),
-                              norm=("instance", {"affine": True}), dropout=0.0)
+                              norm=("instance", {"affine": True}), dropout=config.dropout)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.unet(image)

@@ -15,9 +15,11 @@ Defaults: 3 mm (two 1.5 mm voxels of the TRUS grid, a tenth of a gland's width) 
 of 10 frames over a 60-degree fan steps about 6 degrees). A frame that moves only within its own plane (the probe
 pushed along its axis) shows no new plane and is skipped. Jitter of 0.3 mm and 0.3 degrees is far below both.
 
-What this absorbs: frames are only read and compared while an update runs, so any frame rate is absorbed; the
-registration follows the probe with a lag of at most two updates (the running one and the waiting one). The
-measured update time is in docs/RESULTS.md ("Live tracking").
+What this absorbs: a streamed frame costs the main thread a plane comparison (and, once its update starts, a
+segmentation when it brings no gland), well under a millisecond, so the frame rate is not the limit; the updates
+are: one runs at a time, the registration follows the probe with a lag of at most two updates (the running one and
+the waiting one), and with the 3 mm rule a probe is followed plane by plane up to 3 mm per update time. The
+measured update time is in docs/RESULTS.md ("Live mode").
 
 Threads: :meth:`LiveStream.offer` and :meth:`LiveStream.poll` are called on one thread (a GUI's main thread);
 the ``adapt`` callable runs in the worker thread and must not touch what the main thread uses (in Slicer: no MRML
@@ -87,8 +89,10 @@ class StreamCounts:
         accepted: frames that started an update.
         skipped: near-duplicates of an acquired (or the waiting) plane, skipped silently.
         replaced: accepted frames dropped while waiting, for a newer one.
-        unsegmented: frames whose gland the segmenter found empty (a plane beside the gland), skipped.
-        failed: updates that ended in an error (the session then stays as it was).
+        unsegmented: frames whose gland (given, or the segmenter's) is empty (a plane beside the gland), skipped.
+        unreadable: frames that could not be read (the front end's reading failed: a bad image or pose).
+        failed: accepted frames whose update (or segmentation) ended in an error (the session then stays as it
+            was).
         dropped: a frame still waiting when the stream stopped.
         last_update_seconds: wall time of the last finished update, from its start to its outputs.
         last_error: the last error's message, or "".
@@ -99,6 +103,7 @@ class StreamCounts:
     skipped: int = 0
     replaced: int = 0
     unsegmented: int = 0
+    unreadable: int = 0
     failed: int = 0
     dropped: int = 0
     last_update_seconds: float = float("nan")
@@ -109,6 +114,8 @@ class StreamCounts:
                 f"{self.replaced} replaced while waiting")
         if self.unsegmented:
             text += f", {self.unsegmented} without gland"
+        if self.unreadable:
+            text += f", {self.unreadable} unreadable ({self.last_error})"
         if self.failed:
             text += f", {self.failed} failed ({self.last_error})"
         if math.isfinite(self.last_update_seconds):
@@ -119,6 +126,7 @@ class StreamCounts:
 @dataclass
 class _Waiting:
     frame: Frame
+    needs_gland: bool  # the segmenter puts its gland on when the update starts
 
 
 @dataclass
@@ -126,7 +134,6 @@ class _Running:
     frame: Frame
     future: Future
     started: float
-    token: object = None
 
 
 class LiveStream:
@@ -155,38 +162,39 @@ class LiveStream:
         self._running: _Running | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metareg-live") if threaded else None
 
-    @property
-    def busy(self) -> bool:
-        """An update is running or a frame is waiting."""
-        return self._running is not None or self._waiting is not None
+    def offer(self, image: np.ndarray, pose: np.ndarray, gland=None) -> str:
+        """Consider one streamed frame: ``image`` (V, U), ``pose`` (4, 4) as :class:`~.sweep.Frame`, and its gland:
+        an array, a callable returning one (or ``None`` when there is none), called only once the plane is new
+        (a label node is read only then), or ``None`` for the segmenter's (run when the frame's update starts, so
+        a frame replaced while waiting costs nothing).
 
-    def offer(self, image: np.ndarray, pose: np.ndarray, gland: np.ndarray | None = None) -> str:
-        """Consider one streamed frame (image (V, U), pose (4, 4) as :class:`~.sweep.Frame`, gland or ``None``);
-        returns what happened: ``"accepted"`` (waiting for the worker), ``"replaced"`` (it replaced the waiting
-        frame), ``"skipped"`` or ``"unsegmented"``. Call :meth:`poll` to start and finish updates."""
+        Returns what happened: ``"accepted"`` (waiting for the worker), ``"replaced"`` (it replaced the waiting
+        frame), ``"skipped"`` (a near-duplicate) or ``"unsegmented"`` (its given gland is empty). Call
+        :meth:`poll` to start and finish updates."""
         self.counts.seen += 1
         shape = tuple(np.shape(image))
         planes = self.acquired + ([(self._running.frame.pose, self._running.frame.shape)] if self._running else [])
+        if self._waiting is not None:
+            planes.append((self._waiting.frame.pose, self._waiting.frame.shape))
         if not self.selection.differs(pose, shape, planes):
             self.counts.skipped += 1
             return "skipped"
-        if self._waiting is not None and not self.selection.differs(pose, shape, [(self._waiting.frame.pose,
-                                                                                      self._waiting.frame.shape)]):
-            self.counts.skipped += 1
-            return "skipped"
-        if gland is None:
-            frame = Frame(image, np.zeros(shape, dtype=np.float32), pose)
-            frame = self._segment(frame) if self._segment is not None else frame
-            if not (frame.gland > 0.5).any():
+        if callable(gland):
+            gland = gland()
+            if gland is None:
                 self.counts.unsegmented += 1
                 return "unsegmented"
-        else:
-            frame = Frame(image, gland, pose)
+        if gland is not None and not (np.asarray(gland) > 0.5).any():
+            self.counts.unsegmented += 1
+            return "unsegmented"
+        if gland is None and self._segment is None:
+            raise ValueError("a frame without gland needs a LiveStream with a segmenter")
+        frame = Frame(image, np.zeros(shape, dtype=np.float32) if gland is None else gland, pose)
         outcome = "accepted"
         if self._waiting is not None:
             self.counts.replaced += 1
             outcome = "replaced"
-        self._waiting = _Waiting(frame)
+        self._waiting = _Waiting(frame, needs_gland=gland is None)
         return outcome
 
     def poll(self) -> bool:
@@ -197,7 +205,18 @@ class LiveStream:
             self._complete()
             finished = True
         if self._running is None and self._waiting is not None:
-            frame, self._waiting = self._waiting.frame, None
+            waiting, self._waiting = self._waiting, None
+            frame = waiting.frame
+            if waiting.needs_gland:
+                try:
+                    frame = self._segment(frame)
+                except Exception as error:  # noqa: BLE001 - counted and shown; the stream goes on
+                    self.counts.failed += 1
+                    self.counts.last_error = str(error)
+                    return finished
+                if not (frame.gland > 0.5).any():
+                    self.counts.unsegmented += 1
+                    return finished
             self.counts.accepted += 1
             future = (self._executor.submit(self._adapt, frame) if self._executor is not None
                       else _run_now(self._adapt, frame))
@@ -220,15 +239,27 @@ class LiveStream:
         self.acquired.append((running.frame.pose, running.frame.shape))
         self.frames.append(running.frame)
 
-    def wait(self) -> None:
-        """Block until the running update (if any) is finished and applied; the waiting frame is not started."""
+    def wait(self, apply: bool = True) -> None:
+        """Block until the running update (if any) is finished, and apply it (``apply=False``: drop it, as when
+        the session it belongs to is being discarded); the waiting frame is not started."""
         if self._running is not None:
             self._running.future.exception()  # waits
-            self._complete()
+            if apply:
+                self._complete()
+            else:
+                self._running = None
 
-    def stop(self) -> None:
-        """Finish the running update, drop the waiting frame (counted) and release the worker thread."""
+    def drain(self) -> None:
+        """Run the waiting frame too (the end of a stream that nobody stops by hand) and wait for it."""
         self.wait()
+        if self._waiting is not None:
+            self.poll()
+            self.wait()
+
+    def stop(self, apply: bool = True) -> None:
+        """Finish the running update (``apply``: see :meth:`wait`), drop the waiting frame (counted) and release the
+        worker thread."""
+        self.wait(apply)
         if self._waiting is not None:
             self.counts.dropped += 1
             self._waiting = None

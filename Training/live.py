@@ -59,7 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def follow_stream(args: argparse.Namespace, print_row=print) -> LiveStream:
     """Register the stream ``args`` names; ``print_row(text)`` gets the CSV header and one row per update.
     Returns the finished stream (its ``frames`` are those the session got, its ``counts`` what happened)."""
-    import pyigtl
+    try:
+        import pyigtl
+    except ImportError:
+        raise InputError("metareg live needs pyigtl: pip install 'slicer-meta-registration[live]'") from None
 
     host, port = parse_address(args.igtl)
     selection = FrameSelection(args.min_distance_mm, args.min_angle_degrees)
@@ -96,11 +99,17 @@ def follow_stream(args: argparse.Namespace, print_row=print) -> LiveStream:
 
         def on_frame(image, pose) -> bool:
             stream.offer(image, pose)
-            stream.poll()
             return not (args.max_frames and stream.counts.accepted >= args.max_frames)
 
+        def on_error(message: str) -> None:
+            stream.counts.seen += 1
+            stream.counts.unreadable += 1
+            stream.counts.last_error = message
+
         try:
-            receive_frames(client, args.image_device, transform_device, on_frame, args.idle_timeout)
+            receive_frames(client, args.image_device, transform_device, on_frame, args.idle_timeout,
+                           on_poll=stream.poll, on_error=on_error)
+            stream.drain()  # the stream ended: the frame still waiting is registered too
         finally:
             stream.stop()
     finally:

@@ -56,6 +56,7 @@ class SegmenterTraining:
     frames_per_epoch: int = 2048
     batch_size: int = 32
     learning_rate: float = 2e-3
+    weight_decay: float = 0.0
     seed: int = 0
     beyond_edge_planes: int = 3
     tilt_degrees: float = 6.0
@@ -183,11 +184,14 @@ def train_segmenter(data: Path, run: Path, resume: bool, settings: SegmenterTrai
         if not (latest.with_suffix(".json")).is_file():
             raise InputError(f"{run}: no latest checkpoint to resume from")
         loaded = load_frame_segmenter(latest)  # a resumed run continues with its own settings and architecture
-        settings = SegmenterTraining(**loaded.card["provenance"]["training"])
-        config = loaded.config
+        saved = SegmenterTraining(**loaded.card["provenance"]["training"])
+        if (saved, loaded.config) != (settings, config):
+            print(f"notice: {run} resumes with its own settings ({asdict(saved)}, {asdict(loaded.config)}); the "
+                  "options given differ and are not used", flush=True)
+        settings, config = saved, loaded.config
     torch.manual_seed(settings.seed)
     network = SegmenterNet(config)
-    optimizer = torch.optim.Adam(network.parameters(), lr=settings.learning_rate)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     start_epoch, best_dice = 0, -1.0
     if loaded is not None:
         network.load_state_dict(loaded.network.state_dict())
@@ -272,6 +276,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="BasicUNet feature counts, six comma-separated (default: %(default)s)")
     parser.add_argument("--edge-share", type=float, default=SegmenterTraining.edge_share,
                         help="share of training planes drawn at the gland's edges (default: %(default)s)")
+    parser.add_argument("--dropout", type=float, default=SegmenterConfig.dropout,
+                        help="dropout in the network while training (default: %(default)s)")
+    parser.add_argument("--weight-decay", type=float, default=SegmenterTraining.weight_decay,
+                        help="AdamW weight decay (default: %(default)s)")
+    parser.add_argument("--rotate-degrees", type=float, default=SegmenterTraining.rotate_degrees,
+                        help="largest in-plane rotation of the augmentation (default: %(default)s)")
     parser.add_argument("--bundle", type=Path, metavar="OUT", help="write the run's best checkpoint as a model and stop")
     parser.add_argument("--version", default="1.0.0", help="the bundled model's version (default: %(default)s)")
 
@@ -298,8 +308,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--epochs must be at least 1, got {args.epochs}")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     best = train_segmenter(args.data or default_data_dir(), args.run, args.resume,
-                           SegmenterTraining(epochs=args.epochs, edge_share=args.edge_share),
+                           SegmenterTraining(epochs=args.epochs, edge_share=args.edge_share,
+                                             weight_decay=args.weight_decay, rotate_degrees=args.rotate_degrees),
                            None if args.time_limit is None else args.time_limit * 60,
-                           SegmenterConfig(features=args.features))
+                           SegmenterConfig(features=args.features, dropout=args.dropout))
     print(f"best checkpoint: {best}.safetensors + {best}.json")
     return 0

@@ -49,6 +49,10 @@ GLAND_SEGMENT_NAMES = ("prostate", "gland")
 _FLIP = np.array([-1.0, -1.0, 1.0])
 
 
+class EmptyGlandError(InputError):
+    """A frame's gland label holds no gland on the frame (a plane beside the gland): live tracking skips it."""
+
+
 # --- points and matrices ----------------------------------------------------------------------------------------
 
 
@@ -384,10 +388,10 @@ def glandOnFrame(labelNode, frame: Frame, segmentId: str | None = None) -> np.nd
                              f"(offset {offset:.2f} mm); give the frame's own segmentation")
     grid = frameGrid(frame)
     if not mask.any():
-        raise InputError(f"{description}: the gland is empty on this frame")
+        raise EmptyGlandError(f"{description}: the gland is empty on this frame")
     gland = resample(mask.astype(np.float32), labelGrid, Transform(np.eye(4)), grid, mode="nearest")[0] > 0.5
     if not gland.any():
-        raise InputError(f"{description}: holds no gland pixel on the plane of its frame")
+        raise EmptyGlandError(f"{description}: holds no gland pixel on the plane of its frame")
     return gland.astype(np.float32)
 
 

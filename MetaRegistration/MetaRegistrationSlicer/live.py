@@ -22,6 +22,8 @@ frame), otherwise from the bundled frame segmenter (:mod:`MetaRegistrationLib.fr
 
 from __future__ import annotations
 
+import vtk
+
 import slicer
 from MetaRegistrationLib.errors import InputError, MetaRegistrationError
 
@@ -36,7 +38,9 @@ class LiveTrackingMixin:
         self._liveObservations: list = []
         self._liveChanged = False
         self._frameSegmenter = None
+        self._frameDescription = ""
         self.lastLiveReport = None
+        self.liveReports: list = []  # the reports of the updates the current (or last) stream applied
 
     @property
     def isLiveTracking(self) -> bool:
@@ -88,14 +92,17 @@ class LiveTrackingMixin:
         selection = FrameSelection(float(minDistanceMm), float(minAngleDegrees))
         conversions.framePixelsFromNode(frameNode)  # a node that cannot be a frame fails now, in one line
         segment = None if frameSegmentationNode is not None else self.frameSegmenter().segment_frame
-        acquired = list(self._framePlanes)
-        self._liveStream = LiveStream(self._adaptLiveFrame, self._finishLiveFrame, selection, segment, acquired,
-                                      threaded=threaded)
+        self._frameDescription = f"{conversions.nodeName(frameNode)} (live)"
+        self._liveStream = LiveStream(self._adaptInWorker, self._finishFrame, selection, segment,
+                                      list(self._framePlanes), threaded=threaded)
+        self._lastLiveStream = None
+        self.liveReports = []
         self._liveNode, self._liveSegmentation, self._liveSegmentId = frameNode, frameSegmentationNode, segmentId
-        self._liveNodeName = conversions.nodeName(frameNode)
+        # ModifiedEvent: a new IJK-to-RAS (a pose sent in the image's own matrix) fires only that.
         self._liveObservations = [(frameNode, frameNode.AddObserver(event, self._onLiveNodeModified))
                                   for event in (slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent,
-                                                slicer.vtkMRMLTransformableNode.TransformModifiedEvent)]
+                                                slicer.vtkMRMLTransformableNode.TransformModifiedEvent,
+                                                vtk.vtkCommand.ModifiedEvent)]
         self._liveChanged = True  # the frame there now is the first one
         self.statusText = (f"Live tracking {conversions.nodeName(frameNode)} (glands "
                            f"{'from ' + conversions.nodeName(frameSegmentationNode) if frameSegmentationNode else 'predicted'}"
@@ -109,12 +116,10 @@ class LiveTrackingMixin:
         """Read the frame if it changed, finish an update whose steps are done and start the next (main thread).
 
         Returns:
-            The ``InteractionReport`` of an update finished by this call, else ``None``. Errors never propagate:
-            a frame that cannot be read or registered is counted as failed with its message in the status.
+            The ``InteractionReport`` of an update finished by this call, else ``None``. Nothing raises: a frame
+            that cannot be read is counted as unreadable, an update that fails as failed, each with its message in
+            the status.
         """
-        import numpy as np
-        from MetaRegistrationLib.sweep import Frame
-
         from . import conversions
 
         stream = self._liveStream
@@ -125,55 +130,60 @@ class LiveTrackingMixin:
             self._liveChanged = False
             try:
                 image, pose = conversions.framePixelsFromNode(self._liveNode)
-                gland = None
-                if self._liveSegmentation is not None:
-                    gland = self._liveGland(Frame(image, np.zeros_like(image), pose))
-                if gland is None and self._liveSegmentation is not None:
-                    stream.counts.seen += 1
-                    stream.counts.unsegmented += 1
-                else:
-                    stream.offer(image, pose, gland)
-            except MetaRegistrationError as error:
+                stream.offer(image, pose, self._glandReader(self._liveSegmentation, self._liveSegmentId, image, pose))
+            except Exception as error:  # noqa: BLE001 - counted and shown; a timer tick must not raise
                 stream.counts.seen += 1
-                stream.counts.failed += 1
+                stream.counts.unreadable += 1
                 stream.counts.last_error = str(error)
         stream.poll()
         self.statusText = f"Live: {stream.counts.describe()}"
         return self.lastLiveReport
 
-    def _liveGland(self, frame):
-        """The given segmentation's gland on a live frame, or ``None`` when it holds none there."""
-        from . import conversions
+    @staticmethod
+    def _glandReader(labelNode, segmentId, image, pose):
+        """``None`` (the segmenter's gland), or a callable reading ``labelNode``'s gland on the frame (``None`` where
+        it holds none) that the stream calls only for a new plane."""
+        if labelNode is None:
+            return None
 
-        try:
-            return conversions.glandOnFrame(self._liveSegmentation, frame, self._liveSegmentId)
-        except InputError as error:
-            if "empty" in str(error) or "no gland pixel" in str(error):
+        def read():
+            import numpy as np
+            from MetaRegistrationLib.sweep import Frame
+
+            from . import conversions
+
+            try:
+                return conversions.glandOnFrame(labelNode, Frame(image, np.zeros_like(image), pose), segmentId)
+            except conversions.EmptyGlandError:
                 return None
-            raise
 
-    def _adaptLiveFrame(self, frame):
+        return read
+
+    def _adaptInWorker(self, frame):
         """Worker thread: the gradient steps of one accepted frame (touches no MRML node)."""
-        pending = self.prepareLibraryFrame(frame, f"{self._liveNodeName} (live frame {len(self._framePlanes) + 1})")
+        pending = self.prepareLibraryFrame(frame, self._frameDescription)
         pending.adapt()
         return pending
 
-    def _finishLiveFrame(self, frame, pending) -> None:
-        """Main thread: write the outputs of a finished live update (raises its error, counted by the stream)."""
+    def _finishFrame(self, frame, pending) -> None:
+        """Main thread: write the outputs of a finished update (raises its error, counted by the stream)."""
         self.lastLiveReport = self.finishInteraction(pending)
+        self.liveReports.append(self.lastLiveReport)
 
-    def stopLiveTracking(self) -> str:
-        """Stop observing the frame node: the running update is finished and applied, a waiting frame dropped.
-        Returns the final status line (frames seen / accepted / skipped, last update time)."""
+    def stopLiveTracking(self, apply: bool = True) -> str:
+        """Stop observing the frame node: the running update is finished and applied (``apply=False``: dropped, as
+        when the session ends), a waiting frame dropped. Returns the final status line (frames seen / accepted /
+        skipped, last update time); ``lastLiveReport`` is the update applied here, if any."""
         stream = self._liveStream
         if stream is None:
             return self.statusText
         for node, tag in self._liveObservations:
             node.RemoveObserver(tag)
         self._liveObservations = []
-        stream.stop()
+        self.lastLiveReport = None
+        stream.stop(apply=apply)
         self._liveStream, self._lastLiveStream = None, stream
-        self._liveNode = self._liveSegmentation = None
+        self._liveNode = self._liveSegmentation = self._liveSegmentId = None
         self.statusText = f"Live tracking stopped: {stream.counts.describe()}"
         if stream.counts.dropped:
             self.statusText += "; the frame waiting at the stop was dropped"
@@ -234,9 +244,8 @@ class LiveTrackingMixin:
             reports.append(self.finishInteraction(pending))
 
         segment = None if segmentationSequence is not None else self.frameSegmenter().segment_frame
-        stream = LiveStream(self._adaptRecordedFrame, finish,
-                            FrameSelection(float(minDistanceMm), float(minAngleDegrees)), segment,
-                            list(self._framePlanes), threaded=False)
+        stream = LiveStream(self._adaptInWorker, finish, FrameSelection(float(minDistanceMm), float(minAngleDegrees)),
+                            segment, list(self._framePlanes), threaded=False)
         results = _ResultRecorder(self, frameSequence, browser)
         selected = browser.GetSelectedItemNumber() if browser is not None else None
         self._cancelRequested = False
@@ -245,23 +254,21 @@ class LiveTrackingMixin:
                 if self._cancelRequested:
                     break
                 value = frameSequence.GetNthIndexValue(n)
-                self._recordedItem = f"{conversions.nodeName(frameSequence)} item {n + 1} ({value})"
+                self._frameDescription = f"{conversions.nodeName(frameSequence)} item {n + 1} ({value})"
                 frameNode, glandNode = self._recordedNodes(frameSequence, segmentationSequence, browser, n, value)
                 try:
                     image, pose = conversions.framePixelsFromNode(frameNode)
-                    gland = None if glandNode is None else conversions.glandOnFrame(
-                        glandNode, Frame(image, np.zeros_like(image), pose))
+                    before = len(reports)
+                    stream.offer(image, pose, self._glandReader(glandNode, None, image, pose))
                 except InputError as error:
-                    raise InputError(f"{self._recordedItem}: {error}") from None
-                before = len(reports)
-                stream.offer(image, pose, gland)
+                    raise InputError(f"{self._frameDescription}: {error}") from None
                 stream.poll()
                 if stream.counts.failed:
                     raise InputError(stream.counts.last_error)
                 if len(reports) > before and reports[-1].registered:
                     results.record(value)
                 if progress is not None:
-                    progress(n, f"{self._recordedItem}: {stream.counts.describe()}")
+                    progress(n, f"{self._frameDescription}: {stream.counts.describe()}")
         finally:
             if browser is not None:
                 browser.SetSelectedItemNumber(selected)
@@ -270,11 +277,6 @@ class LiveTrackingMixin:
             reports[-1].status += f"; sweep: {stream.counts.describe()}"
             self.statusText = reports[-1].status
         return reports
-
-    def _adaptRecordedFrame(self, frame):
-        pending = self.prepareLibraryFrame(frame, self._recordedItem)
-        pending.adapt()
-        return pending
 
     def _browserOf(self, sequence):
         """The scene's sequence browser that holds ``sequence`` (master or synchronised), or ``None``."""
@@ -307,30 +309,50 @@ class LiveTrackingMixin:
 
 
 RESULT_SEQUENCE_NAME = "MR to TRUS (MetaRegistration) per frame"
+RESULT_PROXY_NAME = "MR to TRUS (MetaRegistration) at the browsed frame"
 
 
 class _ResultRecorder:
-    """The output transform after each update of a recorded sweep, as a sequence synchronised with its browser
-    (proxy: the output transform), so that stepping the browser shows the registration at that frame."""
+    """The output transform after each update of a recorded sweep, as a sequence synchronised with its browser,
+    whose proxy is a transform node of its own (:data:`RESULT_PROXY_NAME`): stepping the browser shows the
+    registration as it was at that frame there, and never overwrites the session's output transform. A browser
+    keeps one such sequence: the next recorded sweep on it replaces its items."""
 
     def __init__(self, logic, frameSequence, browser):
         self._logic, self._frameSequence, self._browser = logic, frameSequence, browser
         self.sequence = None
+
+    def _existing(self):
+        sequences = vtk.vtkCollection()
+        self._browser.GetSynchronizedSequenceNodes(sequences, True)
+        for n in range(sequences.GetNumberOfItems()):
+            sequence = sequences.GetItemAsObject(n)
+            if sequence.GetName() == RESULT_SEQUENCE_NAME:
+                return sequence
+        return None
 
     def record(self, value: str) -> None:
         transform = self._logic.outputTransformNode
         if self._browser is None or transform is None:
             return
         if self.sequence is None:
-            self.sequence = self._logic.scene.AddNewNodeByClass("vtkMRMLSequenceNode", RESULT_SEQUENCE_NAME)
+            self.sequence = self._existing()
+            if self.sequence is None:
+                self.sequence = self._logic.scene.AddNewNodeByClass("vtkMRMLSequenceNode", RESULT_SEQUENCE_NAME)
+            self.sequence.RemoveAllDataNodes()
             self.sequence.SetIndexName(self._frameSequence.GetIndexName())
             self.sequence.SetIndexUnit(self._frameSequence.GetIndexUnit())
             self.sequence.SetIndexType(self._frameSequence.GetIndexType())
         self.sequence.SetDataNodeAtValue(transform, value)
 
     def synchronise(self) -> None:
-        if self.sequence is None:
+        if self.sequence is None or self._browser.IsSynchronizedSequenceNodeID(self.sequence.GetID(), False):
             return
-        self._browser.AddSynchronizedSequenceNode(self.sequence.GetID())
-        self._browser.AddProxyNode(self._logic.outputTransformNode, self.sequence, False)
+        self._browser.AddSynchronizedSequenceNodeID(self.sequence.GetID())
+        proxy = self._browser.GetProxyNode(self.sequence)  # the Sequences logic, when present, has made one
+        if proxy is None:
+            proxy = self._logic.scene.AddNewNodeByClass("vtkMRMLGridTransformNode", RESULT_PROXY_NAME)
+            self._browser.AddProxyNode(proxy, self.sequence, False)
+        self._browser.SetOverwriteProxyName(self.sequence, False)
         self._browser.SetSaveChanges(self.sequence, False)
+        proxy.SetName(RESULT_PROXY_NAME)  # adding it named it after the sequence

@@ -329,6 +329,7 @@ class MetaRegistrationCoreLogic(EvaluationMixin, LiveTrackingMixin):
         self._givenLandmarkLabels = []
         self._frameNames = []
         self._framePlanes = []
+        self._lastLiveStream = None
         self.reports = []
         self.lastTransform = None
         self._sweepTracking = None  # its TRUS gland was read on the previous session's grid
@@ -378,7 +379,8 @@ class MetaRegistrationCoreLogic(EvaluationMixin, LiveTrackingMixin):
 
     def endSession(self) -> None:
         """Forget the session and the output nodes (e.g. when the scene closes); input and output nodes stay."""
-        self.stopLiveTracking()
+        self.stopLiveTracking(apply=False)
+        self._lastLiveStream = None
         self._session = None
         self._inputs = None
         self._sweepTracking = None
@@ -611,6 +613,7 @@ class MetaRegistrationCoreLogic(EvaluationMixin, LiveTrackingMixin):
         self._givenLandmarkLabels = []
         self._frameNames = []
         self._framePlanes = []
+        self._lastLiveStream = None
         self.reports = []
         self.lastTransform = None
         report = InteractionReport(outputSeconds=time.perf_counter() - start,

@@ -193,12 +193,23 @@ def test_a_recording_is_read_through_its_browser_with_each_frames_pose(mrml_scen
     results = mrml_scene.GetFirstNodeByName("MR to TRUS (MetaRegistration) per frame")
     assert results is not None and results.GetNumberOfDataNodes() == 4  # one per update, from the 2nd frame
     assert browser.IsSynchronizedSequenceNodeID(results.GetID(), False)
+    proxy = browser.GetProxyNode(results)
+    assert proxy.GetName() == "MR to TRUS (MetaRegistration) at the browsed frame"
+    at_end = logic.lastTransform.map_grid(grid)
     browser.SetSelectedItemNumber(4)  # the last frame: the registration at the end
-    at_end = conversions.transformFromNode(logic.outputTransformNode, grid).map_grid(grid)
-    np.testing.assert_allclose(at_end, logic.lastTransform.map_grid(grid), atol=1e-4)
+    np.testing.assert_allclose(conversions.transformFromNode(proxy, grid).map_grid(grid), at_end, atol=1e-4)
     browser.SetSelectedItemNumber(1)  # the second frame: the first update's registration, not the last
-    at_second = conversions.transformFromNode(logic.outputTransformNode, grid).map_grid(grid)
-    assert np.abs(at_second - at_end).max() > 1e-3
+    assert np.abs(conversions.transformFromNode(proxy, grid).map_grid(grid) - at_end).max() > 1e-3
+    # Browsing never touches the session's output transform.
+    np.testing.assert_allclose(conversions.transformFromNode(logic.outputTransformNode, grid).map_grid(grid), at_end,
+                               atol=1e-4)
+    # A second sweep on the same browser reuses the one result sequence.
+    logic.reset()
+    logic.addFrameSequence(images, glands, minDistanceMm=1.0)
+    named = mrml_scene.GetNodesByName("MR to TRUS (MetaRegistration) per frame")
+    assert [named.GetItemAsObject(n).GetClassName() for n in range(named.GetNumberOfItems())] == \
+        ["vtkMRMLSequenceNode"]
+    assert results.GetNumberOfDataNodes() == 4
 
 
 def test_a_sequence_in_no_browser_is_read_in_each_frames_own_geometry(mrml_scene, shifted_case, tiny_model):

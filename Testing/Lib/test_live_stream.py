@@ -88,7 +88,27 @@ def test_a_failed_update_is_counted_and_the_stream_goes_on():
     assert stream.counts.failed == 1 and stream.counts.last_error == "boom" and not stream.frames
 
 
-def test_a_frame_without_gland_from_the_segmenter_is_skipped():
-    stream = LiveStream(lambda frame: None, lambda frame, token: None, segment=lambda frame: frame, threaded=False)
-    assert stream.offer(np.zeros(SHAPE, np.float32), _pose(0.0)) == "unsegmented"
-    assert stream.counts.unsegmented == 1
+def test_the_segmenter_runs_when_an_update_starts_and_an_empty_gland_is_skipped():
+    segmented = []
+
+    def segment(frame):
+        segmented.append(frame)
+        return frame  # no gland found
+
+    stream = LiveStream(lambda frame: None, lambda frame, token: None, segment=segment, threaded=False)
+    image = np.zeros(SHAPE, np.float32)
+    assert stream.offer(image, _pose(0.0)) == "accepted"
+    assert stream.offer(image, _pose(4.0)) == "replaced"  # replaced while waiting: never segmented
+    stream.poll()
+    assert len(segmented) == 1 and stream.counts.unsegmented == 1 and stream.counts.accepted == 0
+
+
+def test_a_given_gland_is_read_only_for_a_new_plane_and_an_empty_one_is_skipped():
+    reads = []
+    stream = LiveStream(lambda frame: None, lambda frame, token: None, threaded=False)
+    image, gland = np.zeros(SHAPE, np.float32), np.ones(SHAPE, np.float32)
+    stream.offer(image, _pose(0.0), gland)
+    stream.poll()
+    assert stream.offer(image, _pose(0.1), lambda: reads.append(1) or gland) == "skipped" and not reads
+    assert stream.offer(image, _pose(5.0), lambda: None) == "unsegmented"
+    assert stream.offer(image, _pose(9.0), np.zeros(SHAPE, np.float32)) == "unsegmented"
