@@ -10,6 +10,9 @@ software renderer it would cost seconds per frame. Under the sweep controls the 
 fit to the acquired gland, how far the registration moved, and its spread (which does not predict the error).
 
 Every action goes through :class:`MetaRegistrationWeb.workflow.SweepWorkflow`, hence the Slicer module's Logic.
+"Acquire" adds the next frame of the sweep; "Play" streams a simulated probe's sweep over OpenIGTLink (a loopback
+``pyigtl`` server standing in for PLUS, received into nodes as OpenIGTLinkIF would) into the Logic's live tracking,
+so the frame selection and the one-pending-update stream run as in the operating room.
 The gradient steps of an interaction run in a worker thread, so the page keeps answering (a progress bar shows)
 while the network adapts. Errors show in the page; the server keeps running.
 
@@ -39,8 +42,12 @@ from MetaRegistrationLib.quality import FOLDING_ALARM_PCT, SPREAD_CAVEAT
 from . import workflow as workflow_module
 
 LOGGER = logging.getLogger(__name__)
-PLAY_PAUSE_SECONDS = 0.05
-"""Pause between frames while playing, so the views refresh between updates."""
+PLAY_FRAMES = 60
+"""Frames the simulated probe streams over one sweep of the gland while playing."""
+PLAY_FRAME_SECONDS = 0.125
+"""The probe's frame period: a 60-frame sweep takes 7.5 s."""
+PLAY_POLL_SECONDS = 0.05
+"""How often the app applies received messages and polls the live tracking (as Slicer's module does)."""
 SWEEP_TABLE_COLUMNS = (("frames", "frames"), ("updates", "updates"), ("pairs", "pairs"), ("TRE mm", "tre"),
                        ("inverse TRE mm", "inverse_tre"), ("DSC", "dsc"), ("spread mm", "spread"),
                        ("spread level", "spread_level"), ("s", "seconds"))
@@ -172,19 +179,56 @@ class MetaRegistrationWebApp:
         asyncio.ensure_future(self._interact(self.workflow.prepareNextFrame))
 
     def togglePlay(self) -> None:
-        """Play: acquire frame after frame until the sweep ends or Pause is pressed (after the current frame)."""
+        """Play: the simulated probe sweeps the gland and streams its frames over OpenIGTLink (a loopback server, as
+        PLUS would), which the workflow receives into nodes and registers with the Logic's live tracking, until the
+        sweep ends or Pause is pressed (the running update is finished first)."""
+        if self.state.busy and not self._playing:
+            return
         self._playing = not self._playing
         self.state.playing = self._playing
         if self._playing:
             asyncio.ensure_future(self._play())
 
     async def _play(self) -> None:
-        while self._playing and self.workflow is not None and self.workflow.framesLeft:
-            if not self.state.busy:
-                await self._interact(self.workflow.prepareNextFrame)
-            await asyncio.sleep(PLAY_PAUSE_SECONDS)
-        self._playing = False
-        self.state.playing = False
+        from MetaRegistrationLib.igtl import SimulatedProbe
+
+        flow = self.workflow
+        probe = None
+        try:
+            probe = SimulatedProbe(flow.case, count=PLAY_FRAMES, period_s=PLAY_FRAME_SECONDS)
+            probe.start()
+            self._refresh(flow.startLive("127.0.0.1", probe.port))
+            self.state.flush()
+            while self._playing and self.workflow is flow and not probe.finished:
+                self._showLiveReport(flow.pollLive())
+                await asyncio.sleep(PLAY_POLL_SECONDS)
+            if self.workflow is flow:
+                self._showLiveReport(flow.stopLive())
+        except MetaRegistrationError as error:
+            self._showError(error)
+        except Exception as error:  # a bug: say so in the page, keep serving
+            LOGGER.exception("play failed")
+            self._showError(error)
+        finally:
+            if flow.live:
+                flow.stopLive()
+            if probe is not None:
+                probe.stop()
+            self._playing = False
+            self.state.playing = False
+            self.state.flush()
+
+    def _showLiveReport(self, report) -> None:
+        """Refresh the page after a live update (and the status line, frames seen / accepted, at every poll)."""
+        flow = self.workflow
+        if report is not None:
+            if flow.registered:
+                self._showRegisteredMr()
+            if flow.logic.liveFrames:
+                self._followFrame(flow.logic.liveFrames[-1])
+            self._refresh(flow.logic.statusText)
+        else:
+            self.state.status = flow.logic.statusText
         self.state.flush()
 
     async def _interact(self, prepare) -> None:

@@ -13,6 +13,7 @@ nodes, ``PendingInteraction.adapt()`` may run in a worker thread, :meth:`SweepWo
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from MetaRegistrationLib.data import Case
 from MetaRegistrationLib.errors import InputError
 from MetaRegistrationLib.files import atomic_path
 from MetaRegistrationLib.geometry import apply_affine
+from MetaRegistrationLib.live import FrameSelection
 from MetaRegistrationLib import metrics
 from MetaRegistrationLib.registration import SWEEP_FRAMES, sweep_frames
 from MetaRegistrationLib.sweep import rasterise_frames
@@ -33,6 +35,8 @@ ACQUIRED_GLAND_COLOR = (0.2, 0.9, 0.3)
 EXPORTS = {"transform": "MR-to-TRUS.h5", "warped-mr": "MR-registered.nrrd", "table": "sweep.csv",
            "scene": "scene.mrb"}
 """What the app exports, with the file name each is written as."""
+FIRST_FRAME_SECONDS = 10.0
+"""How long :meth:`SweepWorkflow.startLive` waits for the stream's first frame."""
 
 
 class SweepWorkflow:
@@ -53,6 +57,9 @@ class SweepWorkflow:
                  method: str = "meta", frameGlands: str = "true"):
         self.scene = scene
         self.case = case
+        self.frameGlands = frameGlands
+        self._receiver = None  # the OpenIGTLink receiver while the probe streams (startLive)
+        self._acquiredBeforeLive = []
         self.logic = MetaRegistrationCoreLogic(scene)
         self.nodes = conversions.caseNodes(scene, case)
         self._sweep = sweep_frames(case, frameCount, frameGlands)
@@ -89,7 +96,14 @@ class SweepWorkflow:
 
     @property
     def framesLeft(self) -> int:
-        return len(self._sweep) - len(self._acquired)
+        return len(self._framesToAcquire())
+
+    def _framesToAcquire(self) -> list:
+        """The sweep's frames whose planes are new against every acquired frame (a live stream may have taken
+        some), in order."""
+        rule = FrameSelection()
+        acquired = [(frame.pose, frame.shape) for frame in self._acquired]
+        return [frame for frame in self._sweep if rule.differs(frame.pose, frame.shape, acquired)]
 
     @property
     def registered(self) -> bool:
@@ -97,9 +111,10 @@ class SweepWorkflow:
 
     def prepareNextFrame(self) -> PendingInteraction:
         """The next frame of the sweep as tracked frame nodes, read by the Logic (``adapt()`` it next)."""
-        if not self.framesLeft:
-            raise InputError(f"the sweep is complete: all {len(self._sweep)} frames are acquired")
-        frame = self._sweep[len(self._acquired)]
+        left = self._framesToAcquire()
+        if not left:
+            raise InputError(f"the sweep is complete: all {len(self._sweep)} of its planes are acquired")
+        frame = left[0]
         volume, label = conversions.frameNodesFromFrame(self.scene, frame, f"Frame {len(self._acquired) + 1}")
         for node in (volume, label):
             node.SetHideFromEditors(True)  # inputs of the Logic, not things to look at
@@ -133,6 +148,63 @@ class SweepWorkflow:
         """Adapt and finish in the calling thread."""
         pending.adapt()
         return self.finish(pending)
+
+    # --- the live probe (OpenIGTLink) --------------------------------------------------------------------------
+
+    def startLive(self, host: str, port: int) -> str:
+        """Receive a streamed sweep from the OpenIGTLink server ``host:port`` (the app's simulated probe, or PLUS)
+        into nodes, as OpenIGTLinkIF does, and register it with the Logic's live tracking; the frames' glands come
+        from the streamed ``Gland`` image, or from the frame segmenter with ``frameGlands="predicted"``."""
+        from .igtl_receiver import IgtlNodeReceiver
+
+        self._receiver = IgtlNodeReceiver(self.scene, host, port)
+        self._acquiredBeforeLive = list(self._acquired)
+        glands = None if self.frameGlands == "predicted" else self._receiver.glandNode
+        try:
+            deadline = time.monotonic() + FIRST_FRAME_SECONDS  # the image node exists once a frame has come
+            while self._receiver.frameNode.GetImageData() is None or self._receiver.glandNode.GetImageData() is None:
+                if time.monotonic() > deadline:
+                    raise InputError(f"no frame from the OpenIGTLink server {host}:{port} within "
+                                     f"{FIRST_FRAME_SECONDS:g} s")
+                self._receiver.update()
+                time.sleep(0.02)
+            return self.logic.startLiveTracking(self._receiver.frameNode, glands)
+        except Exception:
+            self._endReceiver()
+            raise
+
+    def pollLive(self) -> InteractionReport | None:
+        """Apply the messages received, then let the Logic read the frame, finish and start updates; returns the
+        report of an update finished now."""
+        self._receiver.update()
+        return self._showLive(self.logic.pollLiveTracking())
+
+    def stopLive(self) -> InteractionReport | None:
+        """Stop receiving; the running update is finished and shown (returned)."""
+        try:
+            self.logic.stopLiveTracking()
+            return self._showLive(self.logic.lastLiveReport)
+        finally:
+            self._endReceiver()
+
+    @property
+    def live(self) -> bool:
+        return self._receiver is not None
+
+    def _showLive(self, report):
+        if report is not None:
+            self._acquired = self._acquiredBeforeLive + self.logic.liveFrames
+            self._showAcquiredFrames()
+            if self.registered:
+                self._showRegistration()
+        return report
+
+    def _endReceiver(self) -> None:
+        if self._receiver is not None:
+            self._receiver.stop()
+            for node in self._receiver.nodes:
+                self.scene.RemoveNode(node)
+            self._receiver = None
 
     def acquireNextFrame(self) -> InteractionReport:
         return self.run(self.prepareNextFrame())

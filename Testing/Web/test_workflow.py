@@ -217,3 +217,29 @@ def test_the_workflow_can_predict_the_frames_glands(mrml_scene, real_data_dir):
     predicted = [frame.gland for frame in flow._sweep]
     assert any(not np.array_equal(p, t.gland) for p, t in zip(predicted, truth))
     assert all(dice(p, t.gland) > 0.5 for p, t in zip(predicted[1:3], truth[1:3]))
+
+
+def test_a_probe_streamed_over_openigtlink_is_registered_by_live_tracking(mrml_scene, small_phantom):
+    """The app's Play path without the browser: the simulated probe (a loopback pyigtl server) streams a sweep,
+    the receiver updates nodes in place as OpenIGTLinkIF does, and the Logic's live tracking registers it."""
+    import time
+
+    from MetaRegistrationLib.igtl import SimulatedProbe
+
+    flow = SweepWorkflow(mrml_scene, small_phantom)
+    probe = SimulatedProbe(small_phantom, count=30, period_s=0.05)
+    probe.start()
+    try:
+        flow.startLive("127.0.0.1", probe.port)
+        deadline = time.monotonic() + 60
+        while not probe.finished and time.monotonic() < deadline:
+            flow.pollLive()
+            time.sleep(0.02)
+        flow.stopLive()
+    finally:
+        probe.stop()
+    counts = flow.logic.liveCounts
+    assert counts.seen >= 10 and counts.failed == 0 and counts.unreadable == 0, counts.describe()
+    assert flow.framesAcquired == len(flow.logic.liveFrames) >= 3 and flow.registered
+    assert not flow.live and mrml_scene.GetFirstNodeByName("Image_Reference") is None
+    assert len(flow.rows()) == flow.framesAcquired - 1  # one sweep-table row per update
