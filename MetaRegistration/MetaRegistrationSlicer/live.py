@@ -211,8 +211,9 @@ class LiveTrackingMixin:
         is in the browser), or the bundled frame segmenter's when ``segmentationSequence`` is ``None``.
 
         With a browser, the output transform after each update is recorded into a sequence synchronised with it
-        (:data:`RESULT_SEQUENCE_NAME`, the output transform as its proxy), so scrubbing the browser shows the
-        registration as it was at each frame.
+        (:data:`RESULT_SEQUENCE_NAME`, browsed in a transform node of its own, :data:`RESULT_PROXY_NAME`), so
+        scrubbing the browser shows the registration as it was at each frame; the output transform keeps the
+        session's latest.
 
         ``progress(index, status)`` is called after each item; :meth:`cancel` stops before the next one.
 
