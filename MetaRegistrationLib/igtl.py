@@ -97,10 +97,13 @@ def receive_frames(client, image_device: str, transform_device: str | None,
         time.sleep(poll_seconds)
 
 
-def simulated_sweep_poses(case, count: int, jitter_mm: float = 0.0, seed: int = 0) -> list[np.ndarray]:
+def simulated_sweep_poses(case, count: int, jitter_mm: float = 0.0, jitter_degrees: float = 0.0, seed: int = 0
+                          ) -> list[np.ndarray]:
     """Poses (4, 4, LPS) of a probe sweeping the case's TRUS gland right to left in ``count`` frames: sagittal
     planes from just past the gland's highest j to just past its lowest, each moved by a random tracker jitter
-    of ``jitter_mm`` per axis."""
+    of ``jitter_mm`` per axis and turned by ``jitter_degrees`` (sd) about each axis."""
+    from scipy.spatial.transform import Rotation
+
     from .geometry import apply_affine
     from .sweep import DEPTH_AXIS, PROBE_AXIS, gland_extent
 
@@ -108,9 +111,13 @@ def simulated_sweep_poses(case, count: int, jitter_mm: float = 0.0, seed: int = 
     low, high = gland_extent(case.fixed_labels.array[0])
     rng = np.random.default_rng(seed)
     index_to_world = grid.index_to_world
-    return [plane_pose(apply_affine(index_to_world, [0.0, j, 0.0]) + rng.normal(0.0, jitter_mm, 3),
-                       index_to_world[:3, DEPTH_AXIS], index_to_world[:3, PROBE_AXIS])
-            for j in np.linspace(high + 0.5, low - 0.5, count)]
+    poses = []
+    for j in np.linspace(high + 0.5, low - 0.5, count):
+        turn = (Rotation.from_euler("xyz", rng.normal(0.0, jitter_degrees, 3), degrees=True).as_matrix()
+                if jitter_degrees else np.eye(3))
+        origin = apply_affine(index_to_world, [0.0, j, 0.0]) + rng.normal(0.0, jitter_mm, 3)
+        poses.append(plane_pose(origin, turn @ index_to_world[:3, DEPTH_AXIS], turn @ index_to_world[:3, PROBE_AXIS]))
+    return poses
 
 
 class SimulatedProbe:

@@ -204,11 +204,8 @@ class MetaRegistrationWebApp:
                 await asyncio.sleep(PLAY_POLL_SECONDS)
             if self.workflow is flow:
                 self._showLiveReport(flow.stopLive())
-        except MetaRegistrationError as error:
-            self._showError(error)
-        except Exception as error:  # a bug: say so in the page, keep serving
-            LOGGER.exception("play failed")
-            self._showError(error)
+        except Exception as error:  # noqa: BLE001 - shown in the page; the server keeps serving
+            self._showFailure(error, "play")
         finally:
             if flow.live:
                 flow.stopLive()
@@ -247,11 +244,8 @@ class MetaRegistrationWebApp:
             if pending.frame is not None:
                 self._followFrame(pending.frame)
             self._refresh(report.status)
-        except MetaRegistrationError as error:
-            self._showError(error)
-        except Exception as error:  # a bug: say so in the page, keep serving
-            LOGGER.exception("interaction failed")
-            self._showError(error)
+        except Exception as error:  # noqa: BLE001 - shown in the page; the server keeps serving
+            self._showFailure(error, "interaction")
         finally:
             self.state.busy = False
             self.state.flush()
@@ -322,11 +316,14 @@ class MetaRegistrationWebApp:
     def _guarded(self, action, *args) -> None:
         try:
             action(*args)
-        except MetaRegistrationError as error:
-            self._showError(error)
-        except Exception as error:
-            LOGGER.exception("action failed")
-            self._showError(error)
+        except Exception as error:  # noqa: BLE001 - shown in the page; the server keeps serving
+            self._showFailure(error, "action")
+
+    def _showFailure(self, error: Exception, what: str) -> None:
+        """A user error shows as its one line; anything else is a bug: logged with its traceback, and shown too."""
+        if not isinstance(error, MetaRegistrationError):
+            LOGGER.exception("%s failed", what)
+        self._showError(error)
 
     def _showError(self, error) -> None:
         text = str(error)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial.transform import Rotation
 
 from MetaRegistrationLib.data import Case, Dataset
 from MetaRegistrationLib.errors import InputError
@@ -69,11 +70,11 @@ class SegmenterTraining:
 
 EDGE_PLANES = 3
 
-def patient_groups(dataset: Dataset, case_ids: list[str]) -> list[list[str]]:
-    """Cases grouped by patient: cases whose MR volumes are identical belong to one patient (data README)."""
+
+def patient_groups(cases: dict[str, Case]) -> list[list[str]]:
+    """Case IDs grouped by patient: cases whose MR volumes are identical belong to one patient (data README)."""
     groups: dict[str, list[str]] = {}
-    for case_id in case_ids:
-        case = dataset.load(case_id)
+    for case_id, case in cases.items():
         key = hashlib.sha256(np.ascontiguousarray(case.moving_image.array).tobytes()).hexdigest()
         groups.setdefault(key, []).append(case_id)
     return sorted(groups.values(), key=lambda group: min(group))
@@ -92,10 +93,8 @@ def inner_fold(groups: list[list[str]]) -> tuple[list[str], list[str]]:
 
 
 def _rotation(axis: np.ndarray, degrees: float) -> np.ndarray:
-    axis = axis / np.linalg.norm(axis)
-    angle = math.radians(degrees)
-    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * cross @ cross
+    """The 3x3 rotation by ``degrees`` about ``axis``."""
+    return Rotation.from_rotvec(math.radians(degrees) * axis / np.linalg.norm(axis)).as_matrix()
 
 
 def random_plane(case: Case, rng: np.random.Generator, settings: SegmenterTraining):
@@ -177,7 +176,8 @@ def train_segmenter(data: Path, run: Path, resume: bool, settings: SegmenterTrai
                     config: SegmenterConfig = SegmenterConfig()) -> Path:
     """Train (or continue) a segmenter run; returns the ``best`` stem."""
     dataset = Dataset(data)
-    fitting, held = inner_fold(patient_groups(dataset, dataset.select("train")))
+    cases = {case_id: dataset.load(case_id) for case_id in dataset.select("train")}  # read once
+    fitting, held = inner_fold(patient_groups(cases))
     log_path, latest, best = run / "log.csv", run / "latest", run / "best"
     loaded = None
     if resume:
@@ -201,8 +201,8 @@ def train_segmenter(data: Path, run: Path, resume: bool, settings: SegmenterTrai
     elif run.exists() and any(run.iterdir()):
         raise InputError(f"{run}: the run folder is not empty; use --resume to continue it")
     run.mkdir(parents=True, exist_ok=True)
-    fitting_cases = [dataset.load(case_id) for case_id in fitting]
-    held_planes = [plane for case_id in held for plane in sweep_planes(dataset.load(case_id))]
+    fitting_cases = [cases[case_id] for case_id in fitting]
+    held_planes = [plane for case_id in held for plane in sweep_planes(cases[case_id])]
     provenance = {"data": str(data), "split": "train", "fitting_cases": fitting, "inner_fold_cases": held,
                   "training": asdict(settings)}
     started = time.monotonic()

@@ -40,7 +40,6 @@ class LiveTrackingMixin:
         self._frameSegmenter = None
         self._frameDescription = ""
         self.lastLiveReport = None
-        self.liveReports: list = []  # the reports of the updates the current (or last) stream applied
 
     @property
     def isLiveTracking(self) -> bool:
@@ -96,7 +95,6 @@ class LiveTrackingMixin:
         self._liveStream = LiveStream(self._adaptInWorker, self._finishFrame, selection, segment,
                                       list(self._framePlanes), threaded=threaded)
         self._lastLiveStream = None
-        self.liveReports = []
         self._liveNode, self._liveSegmentation, self._liveSegmentId = frameNode, frameSegmentationNode, segmentId
         # ModifiedEvent: a new IJK-to-RAS (a pose sent in the image's own matrix) fires only that.
         self._liveObservations = [(frameNode, frameNode.AddObserver(event, self._onLiveNodeModified))
@@ -168,7 +166,6 @@ class LiveTrackingMixin:
     def _finishFrame(self, frame, pending) -> None:
         """Main thread: write the outputs of a finished update (raises its error, counted by the stream)."""
         self.lastLiveReport = self.finishInteraction(pending)
-        self.liveReports.append(self.lastLiveReport)
 
     def stopLiveTracking(self, apply: bool = True) -> str:
         """Stop observing the frame node: the running update is finished and applied (``apply=False``: dropped, as

@@ -94,21 +94,14 @@ class SimulatedStream:
 
     def __init__(self, scene, case: Case, count: int = 60, jitter_mm: float = 0.3, jitter_degrees: float = 0.3,
                  seed: int = 0):
-        from MetaRegistrationLib.geometry import LPS_TO_RAS, apply_affine
-        from MetaRegistrationLib.sweep import DEPTH_AXIS, PROBE_AXIS, gland_extent, plane_pose
+        from MetaRegistrationLib.geometry import LPS_TO_RAS
+        from MetaRegistrationLib.igtl import simulated_sweep_poses
+        from MetaRegistrationLib.sweep import DEPTH_AXIS, PROBE_AXIS
 
         self.case, self.count = case, count
         grid = case.fixed_image.grid
-        rng = np.random.default_rng(seed)
-        low, high = gland_extent(case.fixed_labels.array[0])
         self.shape = (grid.size[PROBE_AXIS], grid.size[DEPTH_AXIS])
-        self.poses = []
-        for j in np.linspace(high + 0.5, low - 0.5, count):
-            rotation = _small_rotation(rng.normal(0.0, jitter_degrees, 3))
-            index_to_world = grid.index_to_world
-            origin = apply_affine(index_to_world, [0.0, j, 0.0]) + rng.normal(0.0, jitter_mm, 3)
-            self.poses.append(plane_pose(origin, rotation @ index_to_world[:3, DEPTH_AXIS],
-                                         rotation @ index_to_world[:3, PROBE_AXIS]))
+        self.poses = simulated_sweep_poses(case, count, jitter_mm, jitter_degrees, seed)
         spacing = np.linalg.norm(self.poses[0][:3, :2], axis=0)
         self._pixelToImage = np.diag([spacing[0], spacing[1], 1.0, 1.0])  # the frame node's own IJK-to-RAS
         self._lpsToRas = LPS_TO_RAS
@@ -143,14 +136,3 @@ class SimulatedStream:
         self.imageToReference.SetMatrixTransformToParent(
             conversions.matrixFromArray(np.linalg.inv(referenceToRas) @ imageToRas))
 
-
-def _small_rotation(degrees) -> np.ndarray:
-    """The rotation by ``degrees`` (3,) about x, then y, then z."""
-    rotation = np.eye(3)
-    for axis, angle in enumerate(np.radians(degrees)):
-        c, s = np.cos(angle), np.sin(angle)
-        other = [a for a in range(3) if a != axis]
-        step = np.eye(3)
-        step[np.ix_(other, other)] = [[c, -s], [s, c]]
-        rotation = step @ rotation
-    return rotation
